@@ -1,0 +1,130 @@
+"""Check what a caller names (character, model, audio) and find a character's test image."""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+
+from nerfcache.config import Settings
+from nerfcache.errors import InvalidInputError, MissingFileError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "character_dir",
+    "find_test_image",
+    "resolve_audio",
+    "resolve_model",
+    "validate_character",
+]
+
+MAX_NAME_LENGTH = 128
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def validate_character(name: str) -> str:
+    """Return ``name`` if it can name a character folder, else raise ``InvalidInputError``.
+
+    A character is one path component: not empty, no ``/`` or ``\\``, not ``.`` or ``..``, no
+    leading dot (those names are nerfcache's own), no control characters, no surrounding
+    spaces, at most 128 characters. Any script is fine: ``"绫波丽"`` is a valid name.
+    """
+    _check_component(name, field="character")
+    return name
+
+
+def _check_component(name: object, *, field: str) -> None:
+    def bad(why: str) -> InvalidInputError:
+        return InvalidInputError(f"invalid {field} name {name!r}: {why}", field=field, value=name)
+
+    if not isinstance(name, str):
+        raise bad("it must be a string")
+    if not name:
+        raise bad("it is empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise bad(f"it is longer than {MAX_NAME_LENGTH} characters")
+    if "/" in name or "\\" in name:
+        raise bad("it must be a single name, without '/' or '\\'")
+    if name.startswith("."):
+        raise bad("it must not start with '.'")
+    if name != name.strip():
+        raise bad("it must not start or end with white space")
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
+        raise bad("it contains control characters")
+
+
+def character_dir(settings: Settings, character: str) -> Path:
+    """Return ``{cache_root}/{character}`` after checking that it stays inside ``cache_root``.
+
+    The folder need not exist. A symlink planted in its place that leads out of ``cache_root``
+    is refused rather than followed.
+    """
+    validate_character(character)
+    root = settings.cache_root
+    path = root / character
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise InvalidInputError(
+            f"the folder of character {character!r} ({path}) leads outside cache_root ({root});"
+            " remove the link or set NERFCACHE_CACHE_ROOT",
+            field="character",
+            value=character,
+        )
+    return path
+
+
+def find_test_image(settings: Settings, character: str, test_image: Path | str | None = None) -> Path:
+    """Return the portrait for ``character``, absolute.
+
+    Looked for in this order: ``test_image`` if given, the ``characters`` registry, the first
+    image (sorted) in ``{cache_root}/{character}/images/``, then in ``{cache_root}/{character}/``.
+    """
+    if test_image is not None:
+        return _existing_file(Path(test_image), what="test image")
+    if character in settings.characters:
+        return _existing_file(settings.characters[character], what=f"test image of {character!r}")
+    folder = character_dir(settings, character)
+    for place in (folder / "images", folder):
+        if place.is_dir():
+            images = sorted(
+                p for p in place.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
+            if images:
+                return images[0].absolute()
+    raise MissingFileError(
+        f"no test image for character {character!r}: put a .jpg or .png in {folder / 'images'},"
+        " register it in settings.characters, or pass test_image=",
+        path=folder / "images",
+    )
+
+
+def resolve_model(settings: Settings, model_name: str) -> Path:
+    """Return the network pickle ``{model_dir}/{model_name}``; the name must be a plain ``.pkl``."""
+    _check_component(model_name, field="model")
+    if not model_name.endswith(".pkl"):
+        raise InvalidInputError(
+            f"invalid model name {model_name!r}: it must be a .pkl file name",
+            field="model",
+            value=model_name,
+        )
+    path = settings.model_dir / model_name
+    if not path.is_file():
+        available = sorted(p.name for p in settings.model_dir.glob("*.pkl"))
+        raise MissingFileError(
+            f"model {model_name!r} not found in model_dir ({settings.model_dir});"
+            f" available: {', '.join(available) or 'none'}",
+            path=path,
+        )
+    return path
+
+
+def resolve_audio(audio_path: Path | str) -> Path:
+    """Return the audio file as an absolute path; it must be an existing regular file."""
+    return _existing_file(Path(audio_path), what="audio file")
+
+
+def _existing_file(path: Path, *, what: str) -> Path:
+    if "\0" in str(path):
+        raise InvalidInputError(f"{what} path {str(path)!r} contains a NUL byte", value=path)
+    if not path.is_file():
+        problem = "is not a regular file" if path.exists() else "does not exist"
+        raise MissingFileError(f"{what} {str(path)!r} {problem}", path=path)
+    return path.absolute()

@@ -1,0 +1,103 @@
+"""LaunchPlan: which NeRF script to run, with which argv, environment and working directory.
+
+Pure decisions: nothing here does I/O beyond ``stat``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from nerfcache.config import Settings
+from nerfcache.errors import ConfigurationError
+
+__all__ = ["LaunchPlan", "find_script", "plan_launch"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchPlan:
+    """Everything needed to start one NeRF run."""
+
+    argv: tuple[str, ...]
+    cwd: Path
+    env: Mapping[str, str] = dataclasses.field(repr=False)
+    script: Path
+    cache_capable: bool
+
+
+def find_script(settings: Settings) -> tuple[Path, bool]:
+    """Return the script to run and whether it is the cache-capable one.
+
+    The cache-capable script is preferred; the stock one is the fallback. Also checks that the
+    conda Python and the NeRF code folder exist, naming the setting to fix when they do not.
+    """
+    _require(settings.nerf_code_dir, "nerf_code_dir", "the NeRFFaceSpeech code folder", is_dir=True)
+    _require(settings.conda_python, "conda_python", "the NeRFFaceSpeech conda Python")
+    if settings.cache_script.is_file():
+        return settings.cache_script, True
+    _require(
+        settings.script,
+        "script",
+        f"neither the cache-capable script ({settings.cache_script}, setting cache_script) nor"
+        " the stock script",
+    )
+    return settings.script, False
+
+
+def plan_launch(
+    settings: Settings,
+    *,
+    script: Path,
+    cache_capable: bool,
+    outdir: Path,
+    audio: Path,
+    image: Path,
+    network: Path,
+    environ: Mapping[str, str] | None = None,
+) -> LaunchPlan:
+    """Build the command for one run; ``outdir`` doubles as the cache dir where supported.
+
+    The stock script rejects unknown options (click: "No such option", exit 2), so it gets no
+    ``--cache_dir``: it caches inside ``--outdir`` instead, which the caller seeds.
+    """
+    argv = [
+        str(settings.conda_python),
+        str(script),
+        f"--outdir={outdir}",
+        f"--trunc={settings.trunc}",
+        f"--network={network}",
+        f"--test_data={audio}",
+        f"--test_img={image}",
+        f"--motion_guide_img_folder={settings.motion_guide_img_folder}",
+    ]
+    if cache_capable:
+        argv.append(f"--cache_dir={outdir}")
+    env = dict(os.environ if environ is None else environ)
+    # The original launcher ran the script with the conda env first on PATH and the code folder
+    # on PYTHONPATH; the scripts import their own packages from there.
+    env["PATH"] = os.pathsep.join(
+        p for p in (str(settings.conda_env / "bin"), env.get("PATH", "")) if p
+    )
+    env["PYTHONPATH"] = str(settings.nerf_code_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(settings.extra_env)
+    return LaunchPlan(
+        argv=tuple(argv),
+        # The scripts open pretrained_networks/, PTI/, frames ... relative to the code folder.
+        cwd=settings.nerf_code_dir,
+        env=env,
+        script=script,
+        cache_capable=cache_capable,
+    )
+
+
+def _require(path: Path, setting: str, what: str, *, is_dir: bool = False) -> None:
+    if not (path.is_dir() if is_dir else path.is_file()):
+        raise ConfigurationError(
+            f"{what} was not found at {path}: set {setting} (environment variable"
+            f" NERFCACHE_{setting.upper()}) or project_root",
+            setting=setting,
+            path=path,
+        )
