@@ -84,7 +84,9 @@ class Fingerprint:
     format: int = CACHE_FORMAT
 
     @classmethod
-    def of(cls, image: Path, network: Path, trunc: float, *, memo: Path | None = None) -> Fingerprint:
+    def of(
+        cls, image: Path, network: Path, trunc: float, *, memo: Path | None = None
+    ) -> Fingerprint:
         """Fingerprint ``image`` and ``network``; hashes are remembered by file version."""
         return cls(file_sha256(image, memo=memo), file_sha256(network, memo=memo), trunc)
 
@@ -138,15 +140,16 @@ def file_sha256(path: Path, *, memo: Path | None = None) -> str:
     with _digests_lock:
         if key in _digests:
             return _digests[key]
+    version = list(key[1:])
     stored = _read_json(memo) if memo else None
     record = stored.get(real) if isinstance(stored, dict) else None
-    if isinstance(record, list) and tuple(record[:3]) == key[1:] and len(record) == 4:
-        digest = str(record[3])
+    if isinstance(record, dict) and record.get("version") == version:
+        digest = str(record["sha256"])
     else:
         digest = _sha256(path)
         if memo:
             stored = stored if isinstance(stored, dict) else {}
-            stored[real] = [*key[1:], digest]
+            stored[real] = {"version": version, "sha256": digest}
             # Concurrent writers may drop each other's entries: that costs a re-hash, no more.
             _write_json(memo, stored)
     with _digests_lock:
@@ -186,21 +189,36 @@ class CharacterCache:
         manifest = self.manifest()
         present = {name for name in CACHE_FILES if (self.path / name).is_file()}
         if manifest is None:
-            if self.manifest_path.exists():
-                return CacheStatus.PARTIAL
-            if not present:
-                return CacheStatus.COLD
-            complete = present == set(CACHE_FILES)
-            if complete and all(_is_complete_zip(self.path / n) for n in CACHE_FILES):
-                return CacheStatus.LEGACY
-            return CacheStatus.PARTIAL
-        if present != set(manifest.files) or not manifest.has_pti or any(
-            _size(self.path / name) != size for name, size in manifest.files.items()
+            return self._status_without_manifest(present)
+        if (
+            present != set(manifest.files)
+            or not manifest.has_pti
+            or any(_size(self.path / name) != size for name, size in manifest.files.items())
         ):
             return CacheStatus.PARTIAL
         if fingerprint is not None and manifest.fingerprint != fingerprint:
             return CacheStatus.STALE
         return CacheStatus.WARM if manifest.has_fit else CacheStatus.PTI_ONLY
+
+    def _status_without_manifest(self, present: set[str]) -> CacheStatus:
+        if self.manifest_path.exists():  # unreadable: ours, but damaged
+            return CacheStatus.PARTIAL
+        if not present:
+            return CacheStatus.COLD
+        complete = present == set(CACHE_FILES)
+        if complete and all(_is_complete_zip(self.path / n) for n in CACHE_FILES):
+            return CacheStatus.LEGACY
+        return CacheStatus.PARTIAL
+
+    def _status_without_manifest(self, present: set[str]) -> CacheStatus:
+        if self.manifest_path.exists():  # unreadable: ours, but damaged
+            return CacheStatus.PARTIAL
+        if not present:
+            return CacheStatus.COLD
+        complete = present == set(CACHE_FILES)
+        if complete and all(_is_complete_zip(self.path / n) for n in CACHE_FILES):
+            return CacheStatus.LEGACY
+        return CacheStatus.PARTIAL
 
     # - locks -
 
@@ -309,9 +327,11 @@ class CharacterCache:
             # fitted_coeffs.pt is fitted on the PTI generator's rendering: publish it only with
             # the PTI group it came from, that is the one published now or the one seeded.
             fitted_on_published = pti_here and not any(staging.changed(n) for n in PTI_FILES)
-            if all(staging.built(n) for n in FIT_FILES) and (
-                new == list(PTI_FILES) or fitted_on_published
-            ) and not (manifest is not None and manifest.has_fit):
+            if (
+                all(staging.built(n) for n in FIT_FILES)
+                and (new == list(PTI_FILES) or fitted_on_published)
+                and not (manifest is not None and manifest.has_fit)
+            ):
                 new += FIT_FILES
             if not new:
                 return ()
@@ -380,9 +400,7 @@ class CharacterCache:
         for name in manifest.files:
             os.replace(self.path / name, target / name)
         os.replace(self.manifest_path, target / "manifest.json")
-        self._log.info(
-            "set aside the cache of another image, network or trunc as {}", target.name
-        )
+        self._log.info("set aside the cache of another image, network or trunc as {}", target.name)
         _keep_newest(target.parent, self.keep_generations)
 
     def _restore(self, fingerprint: Fingerprint) -> None:

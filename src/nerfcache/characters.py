@@ -22,7 +22,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def validate_character(name: str) -> str:
-    """Return ``name`` if it can name a character folder, else raise ``InvalidInputError``.
+    r"""Return ``name`` if it can name a character folder, else raise ``InvalidInputError``.
 
     A character is one path component: not empty, no ``/`` or ``\\``, not ``.`` or ``..``, no
     leading dot (those names are nerfcache's own), no control characters, no surrounding
@@ -71,7 +71,9 @@ def character_dir(settings: Settings, character: str) -> Path:
     return path
 
 
-def find_test_image(settings: Settings, character: str, test_image: Path | str | None = None) -> Path:
+def find_test_image(
+    settings: Settings, character: str, test_image: Path | str | None = None
+) -> Path:
     """Return the portrait for ``character``, absolute.
 
     Looked for in this order: ``test_image`` if given, the ``characters`` registry, the first

@@ -63,8 +63,12 @@ def demo(
     results = []
     for run in ("first", "second"):
         result = generate_video(
-            project.audio, character, root / "videos" / run, project.model_name,
-            settings=settings, check=True,
+            project.audio,
+            character,
+            root / "videos" / run,
+            project.model_name,
+            settings=settings,
+            check=True,
         )
         results.append(result)
         call = project.calls()[-1]

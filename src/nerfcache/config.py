@@ -72,7 +72,9 @@ class Settings(BaseSettings):
     def _registry_relative_to_root(
         cls, value: dict[str, Path], info: ValidationInfo
     ) -> dict[str, Path]:
-        return {name: _absolute(path, info.data.get("project_root")) for name, path in value.items()}
+        return {
+            name: _absolute(path, info.data.get("project_root")) for name, path in value.items()
+        }
 
 
 def _absolute(path: Path, root: Path | None) -> Path:

@@ -100,6 +100,7 @@ def generate_video(
         ConfigurationError: a configured path is missing; the message names the setting.
         GenerationTimeout: the run exceeded ``timeout`` and was killed (also a ``TimeoutError``).
         GenerationError: with ``check=True``, the run did not make a video.
+
     """
     settings = settings or get_settings()
     validate_character(character)
@@ -208,7 +209,7 @@ def _shell_safe(path: Path) -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="nerfcache-"))
     if not _SHELL_SAFE.fullmatch(str(base)):
         shutil.rmtree(base)
-        base = Path(tempfile.mkdtemp(prefix="nerfcache-", dir="/tmp"))  # noqa: S108
+        base = Path(tempfile.mkdtemp(prefix="nerfcache-", dir="/tmp"))
     try:
         (base / "run").symlink_to(path, target_is_directory=True)
         yield base / "run"

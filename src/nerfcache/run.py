@@ -7,6 +7,7 @@ and a child that never closes its pipes cannot hang the caller past its timeout.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import re
@@ -46,7 +47,7 @@ class RunOutcome:
 
 
 class LineSplitter:
-    """Split a byte stream into lines on ``\\n`` and ``\\r`` (tqdm redraws), bounded in memory."""
+    r"""Split a byte stream into lines on ``\\n`` and ``\\r`` (tqdm redraws), bounded in memory."""
 
     def __init__(self, max_chars: int = MAX_LINE_CHARS) -> None:
         self._max = max_chars
@@ -191,15 +192,11 @@ def run_plan(
 def _terminate_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM the process group, SIGKILL it if the script outlives the grace period."""
     _kill_group(proc.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(KILL_GRACE_S)
-    except subprocess.TimeoutExpired:
-        pass
     _kill_group(proc.pid, signal.SIGKILL)
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is empty
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is already empty

@@ -166,6 +166,7 @@ def _ffmpeg() -> str | None:
 
 def write_png(path: Path, color: tuple[int, int, int], size: int = 32) -> Path:
     """Write a small solid-colour PNG (standard library only); return ``path``."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
