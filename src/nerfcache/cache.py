@@ -262,9 +262,12 @@ class CharacterCache:
         build lock and run side by side. The staging dir is removed on the way out.
         """
         lock: FileLock | None = None
+        first_seen: CacheStatus | None = None
         try:
             while True:
                 staging = self.checkout(fingerprint, image=image, network=network)
+                first_seen = first_seen or staging.status_before
+                staging.status_before = first_seen  # what the caller found, before any waiting
                 if staging.status is CacheStatus.WARM or lock is not None:
                     break
                 staging.discard()
@@ -317,6 +320,10 @@ class CharacterCache:
                 self._set_aside()
             elif status in (CacheStatus.PARTIAL, CacheStatus.LEGACY):
                 self._quarantine(status.value)
+            elif staging.wrote_through_links():
+                # torch.save rewrites a file in place: through a hard link that is the
+                # published file itself, so the published cache can no longer be trusted.
+                self._quarantine("rewritten")
             manifest = self.manifest()
             files = dict(manifest.files) if manifest else {}
             new_pti = all(staging.built(name) for name in PTI_FILES)
@@ -497,6 +504,13 @@ class Staging:
         path = self.path / name
         return path.is_file() and _identity(path) != self._seeded.get(name)
 
+    def wrote_through_links(self) -> bool:
+        """Whether the run rewrote a seeded file in place (changing the published one too)."""
+        return any(
+            self.changed(name) and _same_file(self.path / name, self.cache.path / name)
+            for name in self._seeded
+        )
+
     def built(self, name: str) -> bool:
         """Whether the run wrote ``name`` anew and it is a complete archive, as torch.save makes.
 
@@ -545,6 +559,13 @@ def _size(path: Path) -> int | None:
 def _identity(path: Path) -> tuple[int, int, int]:
     stat = path.stat()
     return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def _is_complete_zip(path: Path) -> bool:

@@ -103,11 +103,11 @@ def generate_video(
 
     """
     settings = settings or get_settings()
+    script, cache_capable = find_script(settings)
     validate_character(character)
     audio = resolve_audio(audio_path)
     image = find_test_image(settings, character, test_image)
     network = resolve_model(settings, model_name)
-    script, cache_capable = find_script(settings)
     output_dir = Path(os.path.abspath(output_path))
     if output_dir.exists() and not output_dir.is_dir():
         raise InvalidInputError(

@@ -1,0 +1,573 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+from nerfcache import (
+    CacheStatus,
+    CharacterCache,
+    ConfigurationError,
+    GenerationError,
+    GenerationTimeout,
+    InvalidInputError,
+    MissingFileError,
+    generate_video,
+)
+from nerfcache.cache import CACHE_FILES, PTI_FILES
+from nerfcache.testing import FakeProject, make_fake_project, write_png, write_wav
+from tests.conftest import process_gone, wait_until
+
+VIDEO = "output_NeRFFaceSpeech.mp4"
+
+
+def generate(project: FakeProject, out: str | Path = "out", **kwargs):
+    kwargs.setdefault("settings", project.settings)
+    return generate_video(
+        kwargs.pop("audio", project.audio),
+        kwargs.pop("character", project.character),
+        project.root / out,
+        kwargs.pop("model_name", project.model_name),
+        **kwargs,
+    )
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every user file in a character folder (everything but nerfcache's own)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".nerfcache" not in p.parts and p.name not in CACHE_FILES
+    }
+
+
+def published(project: FakeProject, character: str | None = None) -> set[str]:
+    folder = project.character_dir(character)
+    return {name for name in CACHE_FILES if (folder / name).exists()}
+
+
+def leftovers(project: FakeProject, character: str | None = None) -> list[Path]:
+    runs = project.character_dir(character) / ".nerfcache" / "runs"
+    return sorted(runs.iterdir()) if runs.exists() else []
+
+
+def build_lock_is_free(project: FakeProject, character: str | None = None) -> bool:
+    lock = FileLock(project.character_dir(character) / ".nerfcache" / "build.lock")
+    try:
+        lock.acquire(timeout=0)
+    except TimeoutError:
+        return False
+    lock.release()
+    return True
+
+
+# -- cold, warm, and what a call returns ---------------------------------------------------
+
+
+def test_cold_then_warm_skips_pti_and_fitting(nerf_project: FakeProject) -> None:
+    first = generate(nerf_project, "out1")
+    second = generate(nerf_project, "out2")
+
+    assert first and second
+    cold, warm = nerf_project.calls()
+    assert cold.computed("pti") and cold.computed("fitting")
+    assert warm.loaded("pti") and warm.loaded("fitting")
+    assert (first.cache_hit, first.cache_status_before) == (False, CacheStatus.COLD)
+    assert (second.cache_hit, second.cache_status_before) == (True, CacheStatus.WARM)
+    assert first.published == (*PTI_FILES, "fitted_coeffs.pt")
+    assert second.published == ()
+    assert published(nerf_project) == set(CACHE_FILES)
+    assert leftovers(nerf_project) == []
+
+
+def test_result_fields(nerf_project: FakeProject) -> None:
+    result = generate(nerf_project, "videos/one")
+    out = nerf_project.root / "videos" / "one"
+    assert result.ok is True and bool(result) is True
+    assert result.returncode == 0
+    assert result.video_path == out / VIDEO
+    assert result.video_path.read_bytes().startswith(b"NERFCACHE FAKE VIDEO")
+    assert result.output_dir == out
+    assert result.cache_dir == nerf_project.settings.cache_root / "ayanami"
+    assert result.script == nerf_project.settings.cache_script
+    assert result.cache_capable is True
+    assert result.duration_s > 0
+    assert result.command[:2] == (
+        str(nerf_project.settings.conda_python),
+        str(nerf_project.settings.cache_script),
+    )
+    assert any("Processing frames: 100%" in line for line in result.log_tail)
+
+
+def test_the_seed_call_works_unchanged(nerf_project: FakeProject, monkeypatch) -> None:
+    """generate_video(audio_path=..., character=..., output_path=..., model_name=...)."""
+    monkeypatch.setenv("NERFCACHE_PROJECT_ROOT", str(nerf_project.root))
+    monkeypatch.setenv("NERFCACHE_EXTRA_ENV", json.dumps(nerf_project.settings.extra_env))
+    from nerfcache import get_settings
+
+    get_settings.cache_clear()
+    try:
+        success = generate_video(
+            audio_path=str(nerf_project.audio),
+            character="ayanami",
+            output_path=str(nerf_project.root / "output1"),
+            model_name="ffhq.pkl",
+        )
+    finally:
+        get_settings.cache_clear()
+    assert success
+    assert (nerf_project.root / "output1" / VIDEO).is_file()
+
+
+def test_script_runs_in_the_code_folder_with_the_conda_environment(nerf_project) -> None:
+    generate(nerf_project)
+    (call,) = nerf_project.calls()
+    settings = nerf_project.settings
+    assert call.start["cwd"] == str(settings.nerf_code_dir)
+    assert str(call.start["path"]).startswith(str(settings.conda_env / "bin") + os.pathsep)
+    assert call.start["pythonpath"] == str(settings.nerf_code_dir)
+    assert call.option("network") == str(settings.model_dir / "ffhq.pkl")
+    assert call.option("trunc") == "0.7"
+    assert call.option("motion_guide_img_folder") == "frames"
+    assert call.option("cache_dir") == call.option("outdir")
+
+
+def test_unicode_character(nerf_project: FakeProject) -> None:
+    nerf_project.add_character("绫波丽")
+    assert generate(nerf_project, "a", character="绫波丽")
+    assert generate(nerf_project, "b", character="绫波丽").cache_hit
+    assert published(nerf_project, "绫波丽") == set(CACHE_FILES)
+
+
+def test_a_new_video_replaces_an_old_one(nerf_project: FakeProject) -> None:
+    out = nerf_project.root / "out"
+    out.mkdir()
+    (out / VIDEO).write_bytes(b"an old video")
+    result = generate(nerf_project)
+    assert result
+    # The real script would skip ("The video already exist") if run in that folder: not here.
+    assert "rendering" in nerf_project.calls()[0].phases
+    assert (out / VIDEO).read_bytes().startswith(b"NERFCACHE FAKE VIDEO")
+
+
+def test_real_mp4_with_ffmpeg(tmp_path: Path) -> None:
+    pytest.importorskip("imageio_ffmpeg")
+    project = make_fake_project(tmp_path / "p", real_video=True)
+    result = generate(project)
+    assert result
+    assert result.video_path is not None
+    assert result.video_path.read_bytes()[4:8] == b"ftyp"
+
+
+# -- the stock script ----------------------------------------------------------------------
+
+
+def test_stock_script_gets_no_cache_dir_and_still_caches(nerf_project, log_messages) -> None:
+    nerf_project.use_stock_script_only()
+    first = generate(nerf_project, "out1")
+    second = generate(nerf_project, "out2")
+
+    assert first and second
+    assert not first.cache_capable
+    assert first.script == nerf_project.settings.script
+    cold, warm = nerf_project.calls()
+    assert cold.start["variant"] == "stock"
+    assert not any(a.startswith("--cache_dir") for a in cold.argv + warm.argv)
+    assert cold.computed("pti") and warm.loaded("pti") and warm.loaded("fitting")
+    assert second.cache_hit
+    assert any(
+        level == "WARNING" and "cache-capable script not found" in m for level, m in log_messages
+    )
+
+
+# -- fingerprint: image and model changes ----------------------------------------------------
+
+
+def test_image_change_rebuilds_and_switching_back_restores(nerf_project: FakeProject) -> None:
+    portrait = nerf_project.character_dir() / "images" / "portrait.png"
+    old_sha = sha256(portrait)
+    generate(nerf_project, "1")
+
+    write_png(portrait, (10, 200, 10))
+    new_sha = sha256(portrait)
+    changed = generate(nerf_project, "2")
+    assert changed.cache_status_before is CacheStatus.STALE
+    assert not changed.cache_hit
+    assert nerf_project.calls()[-1].computed("pti")
+    assert nerf_project.calls()[-1].phases["pti"]["image_sha256"] == new_sha
+
+    write_png(portrait, (200, 150, 120))  # the original portrait again
+    assert sha256(portrait) == old_sha
+    back = generate(nerf_project, "3")
+    assert back.cache_status_before is CacheStatus.STALE
+    assert back.cache_hit  # restored by rename, no rebuild
+    last = nerf_project.calls()[-1]
+    assert last.loaded("pti") and last.loaded("fitting")
+    assert last.phases["pti"]["image_sha256"] == old_sha
+
+
+def test_model_change_rebuilds_and_switching_back_restores(nerf_project: FakeProject) -> None:
+    (nerf_project.settings.model_dir / "celeba.pkl").write_bytes(b"another network")
+    generate(nerf_project, "1")
+    other = generate(nerf_project, "2", model_name="celeba.pkl")
+    assert not other.cache_hit
+    assert nerf_project.calls()[-1].computed("pti")
+    back = generate(nerf_project, "3")
+    assert back.cache_hit
+    assert nerf_project.calls()[-1].loaded("pti")
+    assert nerf_project.calls()[-1].phases["pti"]["network_sha256"] == sha256(
+        nerf_project.settings.model_dir / "ffhq.pkl"
+    )
+
+
+def test_only_the_configured_number_of_generations_is_kept(nerf_project) -> None:
+    portrait = nerf_project.character_dir() / "images" / "portrait.png"
+    for shade in range(4):
+        write_png(portrait, (shade, shade, shade))
+        generate(nerf_project, str(shade))
+    generations = nerf_project.character_dir() / ".nerfcache" / "generations"
+    assert len(list(generations.iterdir())) == nerf_project.settings.keep_generations
+
+
+def test_a_changed_trunc_is_another_cache(nerf_project: FakeProject) -> None:
+    generate(nerf_project, "1")
+    other = nerf_project.settings.model_copy(update={"trunc": 0.5})
+    result = generate(nerf_project, "2", settings=other)
+    assert result.cache_status_before is CacheStatus.STALE
+    assert nerf_project.calls()[-1].computed("pti")
+
+
+# -- legacy, partial, crashes ---------------------------------------------------------------
+
+
+def test_legacy_cache_is_adopted_with_a_warning(nerf_project, log_messages) -> None:
+    generate(nerf_project, "1")
+    # What the original launcher left: the files, no manifest.
+    (nerf_project.character_dir() / ".nerfcache" / "manifest.json").unlink()
+    result = generate(nerf_project, "2")
+    assert result.cache_status_before is CacheStatus.LEGACY
+    assert result.cache_hit
+    assert nerf_project.calls()[-1].loaded("pti")
+    assert any(level == "WARNING" and "original launcher" in m for level, m in log_messages)
+
+
+def test_truncated_legacy_file_is_quarantined_and_rebuilt(nerf_project) -> None:
+    generate(nerf_project, "1")
+    folder = nerf_project.character_dir()
+    (folder / ".nerfcache" / "manifest.json").unlink()
+    data = (folder / "w_PTI.pt").read_bytes()
+    (folder / "w_PTI.pt").write_bytes(data[: len(data) // 2])  # an old crash mid-torch.save
+
+    result = generate(nerf_project, "2")
+    assert result
+    assert result.cache_status_before is CacheStatus.PARTIAL
+    assert nerf_project.calls()[-1].computed("pti")
+    quarantined = list((folder / ".nerfcache" / "quarantine").rglob("w_PTI.pt"))
+    assert len(quarantined) == 1 and quarantined[0].stat().st_size == len(data) // 2
+    assert CharacterCache(nerf_project.settings, "ayanami").status() is CacheStatus.WARM
+
+
+@pytest.mark.parametrize("victim", ["G_PTI.pt", "w_PTI.pt", "bg_PTI.pt", "fitted_coeffs.pt"])
+def test_killed_while_saving_then_a_clean_rebuild(nerf_project, victim: str) -> None:
+    crashed = generate(
+        nerf_project, "1", settings=nerf_project.with_env(FAKE_NERF_KILL_DURING_SAVE=victim)
+    )
+    assert not crashed
+    assert crashed.returncode == -9
+    # Nothing truncated was published; a complete PTI group was (if the kill came later).
+    expected = set(PTI_FILES) if victim == "fitted_coeffs.pt" else set()
+    assert published(nerf_project) == expected
+    assert leftovers(nerf_project) == []
+
+    result = generate(nerf_project, "2")
+    assert result
+    last = nerf_project.calls()[-1]
+    assert last.loaded("pti") == (victim == "fitted_coeffs.pt")
+    assert last.computed("fitting")
+    assert published(nerf_project) == set(CACHE_FILES)
+
+
+def test_a_failure_after_pti_keeps_the_pti_group(nerf_project: FakeProject) -> None:
+    failed = generate(
+        nerf_project, "1", settings=nerf_project.with_env(FAKE_NERF_FAIL_AT="fitting")
+    )
+    assert not failed and failed.returncode == 1
+    assert any("simulated failure in fitting" in line for line in failed.log_tail)
+    assert failed.published == PTI_FILES
+    cache = CharacterCache(nerf_project.settings, "ayanami")
+    assert cache.status() is CacheStatus.PTI_ONLY
+
+    result = generate(nerf_project, "2")
+    assert result.cache_status_before is CacheStatus.PTI_ONLY
+    assert not result.cache_hit
+    last = nerf_project.calls()[-1]
+    assert last.loaded("pti") and last.computed("fitting")
+    assert cache.status() is CacheStatus.WARM
+
+
+def test_a_failure_in_rendering_keeps_the_whole_cache(nerf_project: FakeProject) -> None:
+    failed = generate(
+        nerf_project, "1", settings=nerf_project.with_env(FAKE_NERF_FAIL_AT="rendering")
+    )
+    assert not failed
+    assert published(nerf_project) == set(CACHE_FILES)
+    assert generate(nerf_project, "2").cache_hit
+
+
+def test_exit_zero_without_a_video_is_a_failure(nerf_project: FakeProject) -> None:
+    out = nerf_project.root / "out"
+    out.mkdir()
+    (out / VIDEO).write_bytes(b"an old video")
+    settings = nerf_project.with_env(FAKE_NERF_NO_VIDEO="1")
+    result = generate(nerf_project, settings=settings)
+    assert not result
+    assert result.returncode == 0
+    assert result.video_path is None
+    assert (out / VIDEO).read_bytes() == b"an old video"  # kept, and not reported as new
+    with pytest.raises(GenerationError, match="made no video") as info:
+        generate(nerf_project, settings=settings, check=True)
+    assert info.value.result is not None and info.value.result.returncode == 0
+
+
+# -- concurrency -----------------------------------------------------------------------------
+
+
+def test_eight_threads_on_a_cold_character_run_pti_once(nerf_project: FakeProject) -> None:
+    settings = nerf_project.with_env(FAKE_NERF_PTI_S="0.3")
+    with ThreadPoolExecutor(8) as pool:
+        results = list(
+            pool.map(lambda i: generate(nerf_project, f"t{i}", settings=settings), range(8))
+        )
+    assert all(results)
+    calls = nerf_project.calls()
+    assert len(calls) == 8
+    assert sum(c.computed("pti") for c in calls) == 1
+    assert sum(c.computed("fitting") for c in calls) == 1
+    assert sum(r.cache_hit for r in results) == 7
+    assert leftovers(nerf_project) == []
+    assert build_lock_is_free(nerf_project)
+
+
+WORKER = """
+import json, sys
+from nerfcache import generate_video
+result = generate_video(sys.argv[1], "ayanami", sys.argv[2], "ffhq.pkl")
+print(json.dumps({"ok": result.ok, "hit": result.cache_hit}))
+"""
+
+
+def test_four_processes_on_a_cold_character_run_pti_once(nerf_project: FakeProject) -> None:
+    env = {
+        **os.environ,
+        "NERFCACHE_PROJECT_ROOT": str(nerf_project.root),
+        "NERFCACHE_EXTRA_ENV": json.dumps(
+            {**nerf_project.settings.extra_env, "FAKE_NERF_PTI_S": "0.3"}
+        ),
+    }
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                str(nerf_project.audio),
+                str(nerf_project.root / f"p{i}"),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    outputs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    assert all(o["ok"] for o in outputs)
+    assert sum(o["hit"] for o in outputs) == 3
+    assert sum(c.computed("pti") for c in nerf_project.calls()) == 1
+
+
+def test_warm_runs_of_one_character_run_side_by_side(nerf_project: FakeProject, tmp_path) -> None:
+    generate(nerf_project, "warmup")
+    # Each run waits in rendering until all four are rendering at once: a lock serialising
+    # warm runs would fail this, and a shared cache dir would make them clobber each other.
+    settings = nerf_project.with_env(FAKE_NERF_BARRIER=f"{tmp_path / 'barrier'}:4")
+    with ThreadPoolExecutor(4) as pool:
+        results = list(
+            pool.map(lambda i: generate(nerf_project, f"w{i}", settings=settings), range(4))
+        )
+    assert all(r.cache_hit for r in results), [r.log_tail[-3:] for r in results]
+    assert all(results)
+    assert sum(c.computed("pti") for c in nerf_project.calls()) == 1
+    assert len({call.option("cache_dir") for call in nerf_project.calls()}) == 5
+
+
+def test_two_cold_characters_build_in_parallel(nerf_project: FakeProject, tmp_path) -> None:
+    nerf_project.add_character("rei", color=(1, 2, 3))
+    settings = nerf_project.with_env(FAKE_NERF_BARRIER=f"{tmp_path / 'barrier'}:2")
+    with ThreadPoolExecutor(2) as pool:
+        results = list(
+            pool.map(
+                lambda c: generate(nerf_project, c, character=c, settings=settings),
+                ["ayanami", "rei"],
+            )
+        )
+    assert all(results)
+    assert sum(c.computed("pti") for c in nerf_project.calls()) == 2
+
+
+# -- timeout and cancel ---------------------------------------------------------------------
+
+
+def test_timeout_kills_the_process_group(nerf_project: FakeProject) -> None:
+    settings = nerf_project.with_env(FAKE_NERF_PTI_S="60", FAKE_NERF_SPAWN_CHILD="1")
+    with pytest.raises(GenerationTimeout, match="timeout") as info:
+        generate(nerf_project, settings=settings, timeout=1)
+    assert isinstance(info.value, TimeoutError)
+    assert info.value.result is not None and not info.value.result
+    (call,) = nerf_project.calls()
+    child = call.start["child_pid"]
+    assert isinstance(child, int)
+    assert wait_until(lambda: process_gone(call.pid) and process_gone(child))
+    assert published(nerf_project) == set()
+    assert leftovers(nerf_project) == []
+    assert build_lock_is_free(nerf_project)
+
+
+def test_settings_timeout_applies(nerf_project: FakeProject) -> None:
+    settings = nerf_project.with_env(FAKE_NERF_RENDER_S="60").model_copy(update={"timeout_s": 1})
+    with pytest.raises(GenerationTimeout):
+        generate(nerf_project, settings=settings)
+
+
+def test_cancel_from_another_thread(nerf_project: FakeProject) -> None:
+    cancel = threading.Event()
+
+    def on_line(line: str) -> None:
+        if line == "rigid fitting":  # PTI is saved, the fit has begun
+            cancel.set()
+
+    settings = nerf_project.with_env(FAKE_NERF_FIT_S="60")
+    result = generate(nerf_project, settings=settings, cancel=cancel, on_line=on_line)
+    assert not result
+    assert result.returncode is None
+    # PTI finished before the cancel: kept, fifteen GPU minutes not thrown away.
+    assert published(nerf_project) == set(PTI_FILES)
+    assert leftovers(nerf_project) == []
+    (call,) = nerf_project.calls()
+    assert wait_until(lambda: process_gone(call.pid))
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def test_huge_and_non_utf8_output(nerf_project: FakeProject) -> None:
+    settings = nerf_project.with_env(FAKE_NERF_SPAM_MB="20", FAKE_NERF_BAD_BYTES="1")
+    result = generate(nerf_project, settings=settings)
+    assert result
+    assert any("\ufffd" in line for line in result.log_tail)
+    assert len(result.log_tail) <= 40
+    assert all(len(line) <= 4096 + len(" [line truncated]") for line in result.log_tail)
+
+
+# -- hostile names ------------------------------------------------------------------------------
+
+
+def test_shell_metacharacters_in_the_audio_name_run_nothing(nerf_project, tmp_path) -> None:
+    audio = write_wav(tmp_path / "uploads" / "a b;touch PWNED;.wav")
+    result = generate(nerf_project, audio=audio)
+    assert result
+    assert list(tmp_path.rglob("PWNED")) == []
+    assert not (Path.cwd() / "PWNED").exists()
+
+
+def test_spaces_and_metacharacters_in_cache_root_and_character(tmp_path: Path) -> None:
+    project = make_fake_project(tmp_path / "my project $HOME")
+    name = "a b;touch PWNED;"
+    project.add_character(name)
+    assert generate(project, "out", character=name)
+    assert generate(project, "out2", character=name).cache_hit
+    assert list(tmp_path.rglob("PWNED")) == []
+
+
+def test_user_files_survive_everything(nerf_project: FakeProject) -> None:
+    folder = nerf_project.character_dir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / "images" / "extra.jpg").write_bytes(b"not really a jpeg")
+    before = snapshot(folder)
+    portrait = folder / "images" / "portrait.png"
+
+    generate(nerf_project, "1")  # cold
+    generate(nerf_project, "2")  # warm
+    generate(nerf_project, "3", settings=nerf_project.with_env(FAKE_NERF_FAIL_AT="fitting"))
+    (folder / ".nerfcache" / "manifest.json").unlink()  # partial without manifest
+    generate(nerf_project, "4")
+    original = portrait.read_bytes()
+    write_png(portrait, (0, 0, 0))  # stale
+    generate(nerf_project, "5")
+    portrait.write_bytes(original)  # restore
+    generate(nerf_project, "6", settings=nerf_project.with_env(FAKE_NERF_KILL_DURING_SAVE="x"))
+
+    assert snapshot(folder) == before
+
+
+# -- bad input leaves every file as it was -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"character": "../etc"}, InvalidInputError, "invalid character name"),
+        ({"character": "nobody"}, MissingFileError, "no test image"),
+        ({"model_name": "../x.pkl"}, InvalidInputError, "invalid model name"),
+        ({"model_name": "missing.pkl"}, MissingFileError, "not found in model_dir"),
+        ({"audio": "/nonexistent.wav"}, MissingFileError, "audio file"),
+        ({"test_image": "/nonexistent.png"}, MissingFileError, "test image"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_touches_nothing(
+    nerf_project, change, error, message
+) -> None:
+    before = sorted(nerf_project.root.rglob("*"))
+    with pytest.raises(error, match=message):
+        generate(nerf_project, **change)
+    assert sorted(nerf_project.root.rglob("*")) == before
+    assert nerf_project.calls() == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "remove"),
+    [
+        ("conda_python", lambda s: s.conda_python.unlink()),
+        ("script", lambda s: (s.cache_script.unlink(), s.script.unlink())),
+        ("nerf_code_dir", lambda s: s.nerf_code_dir.rename(s.project_root / "elsewhere")),
+    ],
+)
+def test_missing_installation_names_the_setting(nerf_project, setting, remove) -> None:
+    remove(nerf_project.settings)
+    with pytest.raises(ConfigurationError, match=f"NERFCACHE_{setting.upper()}") as info:
+        generate(nerf_project)
+    assert info.value.setting == setting
+    assert not (nerf_project.character_dir() / ".nerfcache").exists()
+
+
+def test_output_path_that_is_a_file(nerf_project: FakeProject) -> None:
+    (nerf_project.root / "taken").write_text("x")
+    with pytest.raises(InvalidInputError, match="not a folder"):
+        generate(nerf_project, "taken")
+
+
+def test_explicit_test_image(nerf_project: FakeProject, tmp_path) -> None:
+    image = write_png(tmp_path / "someone else.png", (5, 5, 5))
+    assert generate(nerf_project, test_image=image)
+    assert nerf_project.calls()[0].phases["pti"]["image_sha256"] == sha256(image)
