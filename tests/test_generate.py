@@ -73,7 +73,7 @@ def build_lock_is_free(project: FakeProject, character: str | None = None) -> bo
     return True
 
 
-# -- cold, warm, and what a call returns ---------------------------------------------------
+# -- cold, warm, and what a call returns --
 
 
 def test_cold_then_warm_skips_pti_and_fitting(nerf_project: FakeProject) -> None:
@@ -171,7 +171,7 @@ def test_real_mp4_with_ffmpeg(tmp_path: Path) -> None:
     assert result.video_path.read_bytes()[4:8] == b"ftyp"
 
 
-# -- the stock script ----------------------------------------------------------------------
+# -- the stock script --
 
 
 def test_stock_script_gets_no_cache_dir_and_still_caches(nerf_project, log_messages) -> None:
@@ -192,7 +192,7 @@ def test_stock_script_gets_no_cache_dir_and_still_caches(nerf_project, log_messa
     )
 
 
-# -- fingerprint: image and model changes ----------------------------------------------------
+# -- fingerprint: image and model changes --
 
 
 def test_image_change_rebuilds_and_switching_back_restores(nerf_project: FakeProject) -> None:
@@ -249,7 +249,7 @@ def test_a_changed_trunc_is_another_cache(nerf_project: FakeProject) -> None:
     assert nerf_project.calls()[-1].computed("pti")
 
 
-# -- legacy, partial, crashes ---------------------------------------------------------------
+# -- legacy, partial, crashes --
 
 
 def test_legacy_cache_is_adopted_with_a_warning(nerf_project, log_messages) -> None:
@@ -341,7 +341,7 @@ def test_exit_zero_without_a_video_is_a_failure(nerf_project: FakeProject) -> No
     assert info.value.result is not None and info.value.result.returncode == 0
 
 
-# -- concurrency -----------------------------------------------------------------------------
+# -- concurrency --
 
 
 def test_eight_threads_on_a_cold_character_run_pti_once(nerf_project: FakeProject) -> None:
@@ -426,7 +426,7 @@ def test_two_cold_characters_build_in_parallel(nerf_project: FakeProject, tmp_pa
     assert sum(c.computed("pti") for c in nerf_project.calls()) == 2
 
 
-# -- timeout and cancel ---------------------------------------------------------------------
+# -- timeout and cancel --
 
 
 def test_timeout_kills_the_process_group(nerf_project: FakeProject) -> None:
@@ -468,7 +468,7 @@ def test_cancel_from_another_thread(nerf_project: FakeProject) -> None:
     assert wait_until(lambda: process_gone(call.pid))
 
 
-# -- output -----------------------------------------------------------------------------------
+# -- output --
 
 
 def test_huge_and_non_utf8_output(nerf_project: FakeProject) -> None:
@@ -480,7 +480,7 @@ def test_huge_and_non_utf8_output(nerf_project: FakeProject) -> None:
     assert all(len(line) <= 4096 + len(" [line truncated]") for line in result.log_tail)
 
 
-# -- hostile names ------------------------------------------------------------------------------
+# -- hostile names --
 
 
 def test_shell_metacharacters_in_the_audio_name_run_nothing(nerf_project, tmp_path) -> None:
@@ -521,7 +521,7 @@ def test_user_files_survive_everything(nerf_project: FakeProject) -> None:
     assert snapshot(folder) == before
 
 
-# -- bad input leaves every file as it was -----------------------------------------------------
+# -- bad input leaves every file as it was --
 
 
 @pytest.mark.parametrize(
