@@ -210,16 +210,6 @@ class CharacterCache:
             return CacheStatus.LEGACY
         return CacheStatus.PARTIAL
 
-    def _status_without_manifest(self, present: set[str]) -> CacheStatus:
-        if self.manifest_path.exists():  # unreadable: ours, but damaged
-            return CacheStatus.PARTIAL
-        if not present:
-            return CacheStatus.COLD
-        complete = present == set(CACHE_FILES)
-        if complete and all(_is_complete_zip(self.path / n) for n in CACHE_FILES):
-            return CacheStatus.LEGACY
-        return CacheStatus.PARTIAL
-
     # - locks -
 
     def state_lock(self) -> FileLock:
