@@ -43,6 +43,9 @@ def demo(
         typer.Option(help="Where to build the demo project (default: a new temporary folder)."),
     ] = None,
     character: Annotated[str, typer.Option(help="The demo character's name.")] = "ayanami",
+    scale: Annotated[
+        float, typer.Option(min=0, help="Multiply the simulated phase times (0: instant).")
+    ] = 1.0,
 ) -> None:
     """Generate one character twice with the fake NeRF script: cold, then warm.
 
@@ -53,13 +56,15 @@ def demo(
         raise typer.BadParameter(f"{folder} is not empty; pick a new folder", param_hint="--folder")
     root = folder or Path(tempfile.mkdtemp(prefix="nerfcache-demo-"))
     project = make_fake_project(root, character=character, real_video=True)
-    settings = project.with_env(**DEMO_PHASES)
+    phases = {name: seconds * scale for name, seconds in DEMO_PHASES.items()}
+    settings = project.with_env(**phases)
     console.print(
         "[bold]nerfcache demo[/bold]: the NeRF step is [bold]simulated[/bold] by the fake script"
-        f" shipped with nerfcache (PTI {DEMO_PHASES['FAKE_NERF_PTI_S']} s, 3DMM"
-        f" {DEMO_PHASES['FAKE_NERF_FIT_S']} s, rendering {DEMO_PHASES['FAKE_NERF_RENDER_S']} s)."
+        f" shipped with nerfcache (PTI {phases['FAKE_NERF_PTI_S']:g} s, 3DMM"
+        f" {phases['FAKE_NERF_FIT_S']:g} s, rendering {phases['FAKE_NERF_RENDER_S']:g} s;"
+        " the real ones take minutes)."
     )
-    table = Table("run", "cache before", "PTI", "3DMM fit", "time", "video")
+    table = Table("run", "cache before", "PTI", "3DMM fit", "time")
     results = []
     for run in ("first", "second"):
         result = generate_video(
@@ -78,17 +83,18 @@ def demo(
             "computed" if call.computed("pti") else "skipped (cached)",
             "computed" if call.computed("fitting") else "skipped (cached)",
             f"{result.duration_s:.2f} s",
-            str(result.video_path),
         )
     console.print(table)
     cold, warm = (r.duration_s for r in results)
     size = sum(p.stat().st_size for p in results[0].cache_dir.glob("*.pt"))
     console.print(
         f"The warm run took {warm / cold:.0%} of the cold one ({1 - warm / cold:.0%} saved)."
-        f"\nCache: {results[0].cache_dir} ({size / 1024:.0f} KiB; a real one is 0.3-3 GB)."
     )
+    console.print(f"Cache:  {results[0].cache_dir} ({size / 1024:.0f} KiB; a real one is 0.3-3 GB)")
+    for result in results:
+        console.print(f"Video:  {result.video_path}", soft_wrap=True)
     if folder is None:
-        console.print(f"Demo project kept in {root}; remove it with: rm -r {root}")
+        console.print(f"Demo project kept in {root}; remove it with: rm -r {root}", soft_wrap=True)
 
 
 def main() -> None:

@@ -1,0 +1,8 @@
+# Sourced by the scripts beside it: make .venv (once) and install nerfcache with the extra named by $EXTRA.
+set -eu
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$EXTRA]"

@@ -1,0 +1,5 @@
+"""``python -m nerfcache``: the same as the ``nerfcache`` command."""
+
+from nerfcache.cli import main
+
+main()
