@@ -561,6 +561,14 @@ def test_missing_installation_names_the_setting(nerf_project, setting, remove) -
     assert not (nerf_project.character_dir() / ".nerfcache").exists()
 
 
+def test_a_conda_python_that_cannot_run_names_the_setting(nerf_project) -> None:
+    nerf_project.settings.conda_python.chmod(0o644)
+    with pytest.raises(ConfigurationError, match="NERFCACHE_CONDA_PYTHON"):
+        generate(nerf_project)
+    assert leftovers(nerf_project) == []
+    assert build_lock_is_free(nerf_project)
+
+
 def test_output_path_that_is_a_file(nerf_project: FakeProject) -> None:
     (nerf_project.root / "taken").write_text("x")
     with pytest.raises(InvalidInputError, match="not a folder"):

@@ -25,7 +25,12 @@ from nerfcache.characters import (
     validate_character,
 )
 from nerfcache.config import Settings, get_settings
-from nerfcache.errors import GenerationError, GenerationTimeout, InvalidInputError
+from nerfcache.errors import (
+    ConfigurationError,
+    GenerationError,
+    GenerationTimeout,
+    InvalidInputError,
+)
 from nerfcache.launch import find_script, plan_launch
 from nerfcache.run import run_plan
 
@@ -147,7 +152,15 @@ def generate_video(
                 image=workdir / _stage_input(image, staging.path, "portrait"),
                 network=network,
             )
-            outcome = run_plan(plan, timeout=timeout, cancel=cancel, on_line=on_line, log=log)
+            try:
+                outcome = run_plan(plan, timeout=timeout, cancel=cancel, on_line=on_line, log=log)
+            except PermissionError as error:
+                raise ConfigurationError(
+                    f"the conda Python {settings.conda_python} could not be started ({error});"
+                    " set conda_python (NERFCACHE_CONDA_PYTHON) to an executable",
+                    setting="conda_python",
+                    path=settings.conda_python,
+                ) from error
         published = cache.publish(staging, image=image, network=network)
         video = staging.path / VIDEO_NAME
         # Exit 0 is not enough: the scripts ignore ffmpeg's failure.

@@ -119,82 +119,145 @@ def run_plan(
 
     On timeout (or when ``cancel`` is set) the child's whole process group is terminated
     (SIGTERM, then SIGKILL after a grace period). Processes the script leaves behind in its
-    group are killed when it exits.
+    group are killed when it exits, and so is the group if anything here raises.
     """
-    started = time.perf_counter()
-    deadline = None if timeout is None else started + timeout
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    classifiers = {"stdout": _Classifier(), "stderr": _Classifier()}
-    proc = subprocess.Popen(
-        plan.argv,
-        cwd=plan.cwd,
-        env=dict(plan.env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group, so a kill reaches everything it started
-    )
-    log.info("started pid {}: {}", proc.pid, " ".join(plan.argv))
-    timed_out = cancelled = False
+    return _Run(plan, timeout, cancel, on_line, log).wait()
 
-    def emit(stream: str, line: str) -> None:
+
+class _Run:
+    """One child process and the loop that watches it."""
+
+    def __init__(
+        self,
+        plan: LaunchPlan,
+        timeout: float | None,
+        cancel: threading.Event | None,
+        on_line: Callable[[str], None] | None,
+        log: Any,
+    ) -> None:
+        self.started = time.perf_counter()
+        self.deadline = None if timeout is None else self.started + timeout
+        self.cancel = cancel
+        self.on_line = on_line
+        self.log = log
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.timed_out = self.cancelled = False
+        self.proc = subprocess.Popen(
+            plan.argv,
+            cwd=plan.cwd,
+            env=dict(plan.env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: a kill reaches all it started
+        )
+        log.info("started pid {}: {}", self.proc.pid, " ".join(plan.argv))
+
+    def wait(self) -> RunOutcome:
+        proc = self.proc
+        try:
+            self._pump()
+            # The pipes are closed, yet a script that closed its output may still be running.
+            while not _exited(proc):
+                self._check_stop()
+                _wait_exit(proc, POLL_S)
+        finally:
+            if not _exited(proc):  # an error or an interrupt: never leave the run unwatched
+                _terminate_group(proc)
+            _kill_group(proc.pid, signal.SIGKILL)  # leftovers, while the group id is ours
+            returncode = proc.wait()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        duration = time.perf_counter() - self.started
+        self.log.info("pid {} exited with {} after {:.1f} s", proc.pid, returncode, duration)
+        stopped = self.timed_out or self.cancelled
+        return RunOutcome(
+            returncode=None if stopped else returncode,
+            duration_s=duration,
+            log_tail=tuple(self.tail),
+            timed_out=self.timed_out,
+            cancelled=self.cancelled,
+        )
+
+    def _pump(self) -> None:
+        """Read both pipes until they close, watching the clock, the cancel event and exit."""
+        with selectors.DefaultSelector() as selector:
+            for pipe in (self.proc.stdout, self.proc.stderr):
+                assert pipe is not None  # noqa: S101 - both are PIPE above
+                selector.register(pipe, selectors.EVENT_READ, (LineSplitter(), _Classifier()))
+            exited_at: float | None = None
+            while selector.get_map():
+                if exited_at is None:
+                    self._check_stop()
+                    if _exited(self.proc):
+                        exited_at = time.perf_counter()
+                        # The script is gone; what it left in its group would hold the pipes.
+                        _kill_group(self.proc.pid, signal.SIGKILL)
+                elif time.perf_counter() - exited_at > DRAIN_S:
+                    return  # something outside the group still holds the pipes: stop reading
+                # Wake up now and then to notice an exit, a timeout or a cancel when silent.
+                for key, _ in selector.select(POLL_S):
+                    splitter, classifier = key.data
+                    data = os.read(key.fd, 1 << 16)
+                    for line in splitter.feed(data) if data else splitter.close():
+                        self._emit(line, classifier.level(line))
+                    if not data:
+                        selector.unregister(key.fileobj)
+
+    def _check_stop(self) -> None:
+        """Terminate the group once the deadline passes or the cancel event is set."""
+        if self.timed_out or self.cancelled:
+            return
+        self.timed_out = self.deadline is not None and time.perf_counter() >= self.deadline
+        self.cancelled = self.cancel is not None and self.cancel.is_set()
+        if self.timed_out or self.cancelled:
+            _terminate_group(self.proc)
+
+    def _emit(self, line: str, level: str) -> None:
+        tail = self.tail
         if tail and _PROGRESS.search(line) and _PROGRESS.search(tail[-1]):
             tail[-1] = line  # keep a progress bar's latest redraw, not all of them
         else:
             tail.append(line)
-        log.log(classifiers[stream].level(line), "{}", line)
-        if on_line is not None:
-            on_line(line)
-
-    with selectors.DefaultSelector() as selector:
-        for stream, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
-            assert pipe is not None  # noqa: S101 - both are PIPE above
-            selector.register(pipe, selectors.EVENT_READ, (stream, LineSplitter()))
-        exited_at: float | None = None
-        while selector.get_map():
-            now = time.perf_counter()
-            if exited_at is None and not (timed_out or cancelled):
-                timed_out = deadline is not None and now >= deadline
-                cancelled = cancel is not None and cancel.is_set()
-                if timed_out or cancelled:
-                    _terminate_group(proc)
-            if exited_at is None and proc.poll() is not None:
-                exited_at = now
-                # The script is gone; whatever it left in its group would hold the pipes open.
-                _kill_group(proc.pid, signal.SIGKILL)
-            if exited_at is not None and now - exited_at > DRAIN_S:
-                break  # something outside the group still holds the pipes: stop reading
-            # Wake up now and then to notice an exit, a timeout or a cancel even when silent.
-            wait = POLL_S if deadline is None else min(POLL_S, max(deadline - now, 0.0))
-            for key, _ in selector.select(wait):
-                stream, splitter = key.data
-                data = os.read(key.fd, 1 << 16)
-                lines = splitter.feed(data) if data else splitter.close()
-                for line in lines:
-                    emit(stream, line)
-                if not data:
-                    selector.unregister(key.fileobj)
-    returncode = proc.wait()
-    for pipe in (proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
-    duration = time.perf_counter() - started
-    log.info("pid {} exited with {} after {:.1f} s", proc.pid, returncode, duration)
-    return RunOutcome(
-        returncode=None if timed_out or cancelled else returncode,
-        duration_s=duration,
-        log_tail=tuple(tail),
-        timed_out=timed_out,
-        cancelled=cancelled,
-    )
+        self.log.log(level, "{}", line)
+        if self.on_line is not None:
+            self.on_line(line)
 
 
 def _terminate_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM the process group, SIGKILL it if the script outlives the grace period."""
     _kill_group(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(KILL_GRACE_S)
-    _kill_group(proc.pid, signal.SIGKILL)
+    if not _wait_exit(proc, KILL_GRACE_S):
+        _kill_group(proc.pid, signal.SIGKILL)
+        _wait_exit(proc, KILL_GRACE_S)
+
+
+def _exited(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether the script has exited, without reaping it.
+
+    Until it is reaped its pid stays reserved, so killing its process group afterwards cannot
+    reach a stranger that reused the number.
+    """
+    if proc.returncode is not None:
+        return True
+    if not hasattr(os, "waitid"):  # macOS
+        return proc.poll() is not None
+    try:
+        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+        return os.waitid(os.P_PID, proc.pid, flags) is not None
+    except ChildProcessError:
+        return True
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the script to exit (without reaping it)."""
+    deadline = time.monotonic() + timeout
+    while not _exited(proc):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
