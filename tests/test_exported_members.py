@@ -8,7 +8,19 @@ import pytest
 
 import nerfcache
 
-MODULES = ["cache", "characters", "cli", "config", "errors", "generate", "launch", "run", "testing"]
+MODULES = [
+    "cache",
+    "characters",
+    "cli",
+    "config",
+    "errors",
+    "generate",
+    "gpus",
+    "launch",
+    "progress",
+    "run",
+    "testing",
+]
 
 
 def test_all_lists_exactly_the_public_names() -> None:

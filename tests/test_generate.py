@@ -16,6 +16,7 @@ from nerfcache import (
     CacheStatus,
     CharacterCache,
     ConfigurationError,
+    GenerationCancelled,
     GenerationError,
     GenerationTimeout,
     InvalidInputError,
@@ -458,9 +459,12 @@ def test_cancel_from_another_thread(nerf_project: FakeProject) -> None:
             cancel.set()
 
     settings = nerf_project.with_env(FAKE_NERF_FIT_S="60")
-    result = generate(nerf_project, settings=settings, cancel=cancel, on_line=on_line)
-    assert not result
-    assert result.returncode is None
+    with pytest.raises(GenerationCancelled) as info:
+        generate(nerf_project, settings=settings, cancel=cancel, on_line=on_line)
+    assert isinstance(info.value, GenerationError)
+    assert info.value.result is not None
+    assert not info.value.result
+    assert info.value.result.returncode is None
     # PTI finished before the cancel: kept, fifteen GPU minutes not thrown away.
     assert published(nerf_project) == set(PTI_FILES)
     assert leftovers(nerf_project) == []

@@ -8,20 +8,29 @@ from nerfcache.cache import CacheStatus, CharacterCache, Fingerprint, Manifest
 from nerfcache.config import Settings, get_settings
 from nerfcache.errors import (
     ConfigurationError,
+    GenerationCancelled,
     GenerationError,
     GenerationTimeout,
     InvalidInputError,
     MissingFileError,
     NerfCacheError,
 )
-from nerfcache.generate import GenerationResult, generate_video
+from nerfcache.generate import (
+    GenerationResult,
+    agenerate_video,
+    generate_video,
+    stream_video,
+    warm,
+)
 from nerfcache.launch import LaunchPlan
+from nerfcache.progress import ProgressEvent
 
 __all__ = [
     "CacheStatus",
     "CharacterCache",
     "ConfigurationError",
     "Fingerprint",
+    "GenerationCancelled",
     "GenerationError",
     "GenerationResult",
     "GenerationTimeout",
@@ -30,9 +39,13 @@ __all__ = [
     "Manifest",
     "MissingFileError",
     "NerfCacheError",
+    "ProgressEvent",
     "Settings",
+    "agenerate_video",
     "generate_video",
     "get_settings",
+    "stream_video",
+    "warm",
 ]
 
 # A library adds no log sink; the CLI (or you, with logger.enable("nerfcache")) turns it on.

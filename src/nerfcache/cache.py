@@ -27,7 +27,7 @@ import shutil
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from nerfcache.characters import character_dir
 from nerfcache.config import Settings
+from nerfcache.errors import GenerationCancelled
 
 __all__ = [
     "CACHE_FILES",
@@ -55,6 +56,7 @@ PTI_FILES = ("G_PTI.pt", "w_PTI.pt", "bg_PTI.pt")
 FIT_FILES = ("fitted_coeffs.pt",)
 CACHE_FILES = PTI_FILES + FIT_FILES
 META_DIR = ".nerfcache"
+LOCK_POLL_S = 0.2
 
 
 class CacheStatus(str, enum.Enum):
@@ -244,12 +246,21 @@ class CharacterCache:
         return staging
 
     @contextlib.contextmanager
-    def stage(self, fingerprint: Fingerprint, *, image: Path, network: Path) -> Iterator[Staging]:
+    def stage(
+        self,
+        fingerprint: Fingerprint,
+        *,
+        image: Path,
+        network: Path,
+        cancel: threading.Event | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Iterator[Staging]:
         """Yield a seeded staging dir for one run, holding the build lock if it must build.
 
-        N runs for a cold character: one builds, the others wait for the build lock, then find
-        the cache warm and run without it, so PTI runs once, not N times. Warm runs take no
-        build lock and run side by side. The staging dir is removed on the way out.
+        N runs for a cold character: one builds, the others wait for the build lock (calling
+        ``on_wait`` once), then find the cache warm and run without it, so PTI runs once, not N
+        times. Warm runs take no build lock and run side by side. The staging dir is removed on
+        the way out. Setting ``cancel`` while waiting raises ``GenerationCancelled``.
         """
         lock: FileLock | None = None
         first_seen: CacheStatus | None = None
@@ -261,10 +272,17 @@ class CharacterCache:
                 if staging.status is CacheStatus.WARM or lock is not None:
                     break
                 staging.discard()
-                lock = self.build_lock()
-                if not _try_acquire(lock):
+                building = self.build_lock()
+                if not _try_acquire(building):
                     self._log.info("another run is building this cache: waiting for it")
-                    lock.acquire()
+                    if on_wait is not None:
+                        on_wait()
+                    while not _try_acquire(building, LOCK_POLL_S):
+                        if cancel is not None and cancel.is_set():
+                            raise GenerationCancelled(
+                                f"cancelled while waiting for the cache of {self.character!r}"
+                            )
+                lock = building
             if lock is not None and staging.status is CacheStatus.WARM:
                 lock.release()  # another run built it while this one waited
                 lock = None
@@ -438,10 +456,8 @@ class CharacterCache:
             return
         for lock_path in runs.glob("*.lock"):
             lock = FileLock(lock_path)
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                continue
+            if not _try_acquire(lock):
+                continue  # a live run
             try:
                 shutil.rmtree(lock_path.with_suffix(""), ignore_errors=True)
                 lock_path.unlink(missing_ok=True)
@@ -519,9 +535,9 @@ class Staging:
 # -- small file helpers --------------------------------------------------------------------
 
 
-def _try_acquire(lock: FileLock) -> bool:
+def _try_acquire(lock: FileLock, timeout: float = 0) -> bool:
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=timeout)
     except Timeout:
         return False
     return True

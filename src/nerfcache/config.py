@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     timeout_s: float | None = Field(default=None, gt=0)
     extra_env: dict[str, str] = Field(default_factory=dict)
     keep_generations: int = Field(default=2, ge=0)
+    gpus: str | None = Field(default=None, pattern=r"^\s*\d+(\s*,\s*\d+)*\s*$")
+    jobs_per_gpu: int = Field(default=1, ge=1)
 
     @field_validator("project_root", mode="after")
     @classmethod

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConfigurationError",
+    "GenerationCancelled",
     "GenerationError",
     "GenerationTimeout",
     "InvalidInputError",
@@ -62,3 +63,10 @@ class GenerationError(NerfCacheError, RuntimeError):
 
 class GenerationTimeout(GenerationError, TimeoutError):
     """The NeRF script ran longer than its timeout and was killed, with its whole process group."""
+
+
+class GenerationCancelled(GenerationError):
+    """The run was cancelled; its process group was killed and its staging dir removed.
+
+    ``result`` is None when it was cancelled before the script started (waiting for the cache).
+    """

@@ -1,10 +1,18 @@
-"""generate_video: check the inputs, stage a run, run the NeRF script, publish, move the video."""
+"""generate_video and its async forms: check the inputs, stage, run, publish, deliver.
+
+The run logic is written once, in sync form (``generate_video``). ``agenerate_video`` drives
+it from a worker thread and turns cancellation of the awaiting task into the sync cancel token,
+as filelock's async locks drive its sync ones.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import errno
+import functools
+import inspect
 import os
 import re
 import secrets
@@ -12,8 +20,9 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 from loguru import logger
 
@@ -27,18 +36,31 @@ from nerfcache.characters import (
 from nerfcache.config import Settings, get_settings
 from nerfcache.errors import (
     ConfigurationError,
+    GenerationCancelled,
     GenerationError,
     GenerationTimeout,
     InvalidInputError,
 )
+from nerfcache.gpus import gpu_slot
 from nerfcache.launch import find_script, plan_launch
-from nerfcache.run import run_plan
+from nerfcache.progress import ProgressEvent, ProgressTracker
+from nerfcache.run import RunOutcome, run_plan
 
-__all__ = ["VIDEO_NAME", "GenerationResult", "generate_video"]
+__all__ = [
+    "VIDEO_NAME",
+    "GenerationResult",
+    "agenerate_video",
+    "generate_video",
+    "stream_video",
+    "warm",
+]
 
 VIDEO_NAME = "output_NeRFFaceSpeech.mp4"
 # What the scripts' unquoted shell mux can take without splitting or running anything.
 _SHELL_SAFE = re.compile(r"[A-Za-z0-9_./-]+")
+_T = TypeVar("_T")
+
+ProgressCallback = Callable[[ProgressEvent], object]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +85,52 @@ class GenerationResult:
     command: tuple[str, ...]
     log_tail: tuple[str, ...]
     run_id: str
+    gpu: str | None = None
+    """The GPU slot's card (``CUDA_VISIBLE_DEVICES``), when ``settings.gpus`` is set."""
 
     def __bool__(self) -> bool:
         return self.ok
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    """Everything a run needs, checked."""
+
+    character: str
+    script: Path
+    cache_capable: bool
+    audio: Path
+    image: Path
+    network: Path
+    output_dir: Path
+    fingerprint: Fingerprint
+
+
+def _check_inputs(
+    settings: Settings,
+    *,
+    audio_path: Path | str | None,
+    character: str,
+    output_path: Path | str | None,
+    model_name: str,
+    test_image: Path | str | None,
+) -> _Inputs:
+    """Check the installation and every input before anything is written or started."""
+    script, cache_capable = find_script(settings)
+    validate_character(character)
+    audio = resolve_audio(audio_path) if audio_path is not None else Path()
+    image = find_test_image(settings, character, test_image)
+    network = resolve_model(settings, model_name)
+    output_dir = Path(os.path.abspath(output_path)) if output_path is not None else Path()
+    if output_path is not None and output_dir.exists() and not output_dir.is_dir():
+        raise InvalidInputError(
+            f"output_path {str(output_dir)!r} exists and is not a folder",
+            field="output_path",
+            value=output_path,
+        )
+    memo = settings.cache_root / ".nerfcache" / "digests.json"
+    fingerprint = Fingerprint.of(image, network, settings.trunc, memo=memo)
+    return _Inputs(character, script, cache_capable, audio, image, network, output_dir, fingerprint)
 
 
 def generate_video(
@@ -79,7 +144,8 @@ def generate_video(
     timeout: float | None = None,
     check: bool = False,
     cancel: threading.Event | None = None,
-    on_line: Callable[[str], None] | None = None,
+    on_line: Callable[[str], object] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> GenerationResult:
     """Make ``{output_path}/output_NeRFFaceSpeech.mp4`` from one audio clip and a character.
 
@@ -98,62 +164,123 @@ def generate_video(
         check: raise ``GenerationError`` instead of returning a failed result.
         cancel: set this event (from another thread) to stop the run.
         on_line: called with every line the script prints.
+        on_progress: called with a ``ProgressEvent`` at each stage and progress step.
 
     Raises:
         InvalidInputError: a bad character or model name (also a ``ValueError``).
         MissingFileError: a missing audio, image or model (also a ``FileNotFoundError``).
         ConfigurationError: a configured path is missing; the message names the setting.
         GenerationTimeout: the run exceeded ``timeout`` and was killed (also a ``TimeoutError``).
+        GenerationCancelled: ``cancel`` was set; the run was killed and cleaned up.
         GenerationError: with ``check=True``, the run did not make a video.
 
     """
-    settings = settings or get_settings()
-    script, cache_capable = find_script(settings)
-    validate_character(character)
-    audio = resolve_audio(audio_path)
-    image = find_test_image(settings, character, test_image)
-    network = resolve_model(settings, model_name)
-    output_dir = Path(os.path.abspath(output_path))
-    if output_dir.exists() and not output_dir.is_dir():
+    if on_progress is not None and inspect.iscoroutinefunction(on_progress):
         raise InvalidInputError(
-            f"output_path {str(output_dir)!r} exists and is not a folder",
-            field="output_path",
-            value=output_path,
+            "on_progress is a coroutine function: pass it to agenerate_video or stream_video",
+            field="on_progress",
+            value=on_progress,
         )
+    settings = settings or get_settings()
+    inputs = _check_inputs(
+        settings,
+        audio_path=audio_path,
+        character=character,
+        output_path=output_path,
+        model_name=model_name,
+        test_image=test_image,
+    )
     timeout = timeout if timeout is not None else settings.timeout_s
+    tracker = ProgressTracker(on_progress or (lambda _event: None))
+    try:
+        result, outcome = _run(
+            settings, inputs, tracker, timeout=timeout, cancel=cancel, on_line=on_line
+        )
+    except BaseException as error:
+        tracker.stage("failed", str(error) or type(error).__name__)
+        raise
+    if outcome.timed_out:
+        tracker.stage("failed", f"timed out after {timeout} s")
+        raise GenerationTimeout(
+            f"NeRF run for {character!r} exceeded its timeout of {timeout} s and was killed",
+            result=result,
+        )
+    if outcome.cancelled:
+        tracker.stage("failed", "cancelled")
+        raise GenerationCancelled(f"NeRF run for {character!r} was cancelled", result=result)
+    last = result.log_tail[-1] if result.log_tail else "no output"
+    tracker.stage("done" if result else "failed", "video ready" if result else last)
+    if check and not result:
+        raise GenerationError(
+            f"NeRF run for {character!r} made no video (exit code {result.returncode}): {last}",
+            result=result,
+        )
+    return result
 
-    cache = CharacterCache(settings, character)
-    memo = settings.cache_root / ".nerfcache" / "digests.json"
-    fingerprint = Fingerprint.of(image, network, settings.trunc, memo=memo)
+
+def _run(
+    settings: Settings,
+    inputs: _Inputs,
+    tracker: ProgressTracker,
+    *,
+    timeout: float | None,
+    cancel: threading.Event | None,
+    on_line: Callable[[str], object] | None,
+) -> tuple[GenerationResult, RunOutcome]:
+    cache = CharacterCache(settings, inputs.character)
     started = time.perf_counter()
-    with cache.stage(fingerprint, image=image, network=network) as staging:
-        log = logger.bind(character=character, run_id=staging.run_id)
+    image, network = inputs.image, inputs.network
+
+    def line(text: str) -> None:
+        tracker.line(text)
+        if on_line is not None:
+            on_line(text)
+
+    with cache.stage(
+        inputs.fingerprint,
+        image=image,
+        network=network,
+        cancel=cancel,
+        on_wait=lambda: tracker.stage("waiting_for_cache", "another run is building this cache"),
+    ) as staging:
+        log = logger.bind(character=inputs.character, run_id=staging.run_id)
+        warm = staging.status is CacheStatus.WARM
         log.info(
             "{} run with the {} script (cache {})",
-            "warm" if staging.status is CacheStatus.WARM else "building",
-            "cache-capable" if cache_capable else "stock",
+            "warm" if warm else "building",
+            "cache-capable" if inputs.cache_capable else "stock",
             staging.status_before.value,
         )
-        if not cache_capable:
+        if not inputs.cache_capable:
             log.warning(
                 "cache-capable script not found at {}: using the stock script, cached through"
                 " its --outdir",
                 settings.cache_script,
             )
-        with _shell_safe(staging.path) as workdir:
+        tracker.plan(pti=staging.status is CacheStatus.COLD, fitting=not warm)
+        with (
+            gpu_slot(
+                settings,
+                cancel=cancel,
+                on_queued=lambda: tracker.stage("queued", "waiting for a free GPU slot"),
+            ) as gpu,
+            _shell_safe(staging.path) as workdir,
+        ):
             plan = plan_launch(
                 settings,
-                script=script,
-                cache_capable=cache_capable,
+                script=inputs.script,
+                cache_capable=inputs.cache_capable,
                 outdir=workdir,
                 # The scripts paste the audio path into a shell command unquoted: stage it
                 # (and the portrait) under plain names in the plain workdir.
-                audio=workdir / _stage_input(audio, staging.path, "audio"),
+                audio=workdir / _stage_input(inputs.audio, staging.path, "audio"),
                 image=workdir / _stage_input(image, staging.path, "portrait"),
                 network=network,
+                gpu=gpu,
             )
+            tracker.stage("loading", "starting the NeRF script")
             try:
-                outcome = run_plan(plan, timeout=timeout, cancel=cancel, on_line=on_line, log=log)
+                outcome = run_plan(plan, timeout=timeout, cancel=cancel, on_line=line, log=log)
             except PermissionError as error:
                 raise ConfigurationError(
                     f"the conda Python {settings.conda_python} could not be started ({error});"
@@ -165,37 +292,202 @@ def generate_video(
         video = staging.path / VIDEO_NAME
         # Exit 0 is not enough: the scripts ignore ffmpeg's failure.
         ok = outcome.returncode == 0 and video.is_file() and video.stat().st_size > 0
-        video_path = _move_into_place(video, output_dir / VIDEO_NAME) if ok else None
+        video_path = _move_into_place(video, inputs.output_dir / VIDEO_NAME) if ok else None
         if not ok:
             log.error("no video: the script exited with {}", outcome.returncode)
     result = GenerationResult(
         ok=ok,
         returncode=outcome.returncode,
         video_path=video_path,
-        output_dir=output_dir,
+        output_dir=inputs.output_dir,
         cache_dir=cache.path,
-        script=script,
-        cache_capable=cache_capable,
-        cache_hit=staging.status is CacheStatus.WARM,
+        script=inputs.script,
+        cache_capable=inputs.cache_capable,
+        cache_hit=warm,
         cache_status_before=staging.status_before,
         published=published,
         duration_s=time.perf_counter() - started,
         command=plan.argv,
         log_tail=outcome.log_tail,
         run_id=staging.run_id,
+        gpu=gpu,
     )
-    if outcome.timed_out:
-        raise GenerationTimeout(
-            f"NeRF run for {character!r} exceeded its timeout of {timeout} s and was killed",
-            result=result,
+    return result, outcome
+
+
+def warm(
+    character: str,
+    model_name: str,
+    *,
+    settings: Settings | None = None,
+    test_image: Path | str | None = None,
+    timeout: float | None = None,
+) -> CacheStatus:
+    """Build ``character``'s cache ahead of its first request; return the status found.
+
+    A warm cache is left as it is (returns ``CacheStatus.WARM``, nothing run). Otherwise the
+    script runs once on a short silent clip and the video is thrown away.
+
+    Raises:
+        GenerationError: the build failed (with the run's result).
+
+    """
+    settings = settings or get_settings()
+    inputs = _check_inputs(
+        settings,
+        audio_path=None,
+        character=character,
+        output_path=None,
+        model_name=model_name,
+        test_image=test_image,
+    )
+    status = CharacterCache(settings, character).status(inputs.fingerprint)
+    if status is CacheStatus.WARM:
+        return status
+    from nerfcache.testing import write_wav  # noqa: PLC0415 - one small helper, not the fixtures
+
+    with tempfile.TemporaryDirectory(prefix="nerfcache-warm-") as tmp:
+        audio = write_wav(Path(tmp) / "silence.wav", seconds=0.5)
+        generate_video(
+            audio,
+            character,
+            Path(tmp) / "out",
+            model_name,
+            settings=settings,
+            test_image=test_image,
+            timeout=timeout,
+            check=True,
         )
-    if check and not ok:
-        last = result.log_tail[-1] if result.log_tail else "no output"
-        raise GenerationError(
-            f"NeRF run for {character!r} made no video (exit code {result.returncode}): {last}",
-            result=result,
+    return status
+
+
+async def agenerate_video(
+    audio_path: Path | str,
+    character: str,
+    output_path: Path | str,
+    model_name: str,
+    *,
+    settings: Settings | None = None,
+    test_image: Path | str | None = None,
+    timeout: float | None = None,
+    check: bool = False,
+    on_line: Callable[[str], object] | None = None,
+    on_progress: Callable[[ProgressEvent], object | Awaitable[object]] | None = None,
+) -> GenerationResult:
+    """``generate_video`` for async code: the same parameters and result, never blocking the loop.
+
+    The run (lock waits included) happens in a worker thread. ``on_progress`` may be a plain or
+    an async callable; it is called in the event loop. ``on_line`` is called in the worker
+    thread. Cancelling the awaiting task (``task.cancel()``, a client disconnect,
+    ``asyncio.timeout``) stops the run: its process group is terminated, its staging dir
+    removed, its locks released, then ``CancelledError`` propagates.
+    """
+    loop = asyncio.get_running_loop()
+    cancel = threading.Event()
+    call = functools.partial(
+        generate_video,
+        audio_path,
+        character,
+        output_path,
+        model_name,
+        settings=settings,
+        test_image=test_image,
+        timeout=timeout,
+        check=check,
+        cancel=cancel,
+        on_line=on_line,
+        on_progress=_in_loop(on_progress, loop) if on_progress is not None else None,
+    )
+    future = _in_thread(call, loop)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        cancel.set()
+        # Wait for the worker to kill the run and clean up before letting the cancel through.
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({future})
+        if not future.cancelled():
+            future.exception()  # retrieved: the cancellation is what the caller sees
+        raise
+
+
+async def stream_video(
+    audio_path: Path | str,
+    character: str,
+    output_path: Path | str,
+    model_name: str,
+    **options: Any,
+) -> AsyncIterator[ProgressEvent]:
+    """Run like ``agenerate_video`` and yield its ``ProgressEvent``s, for SSE or websockets.
+
+    The last event's stage is ``done`` or ``failed``; errors are raised after it. Leaving the
+    ``async for`` early (or cancelling the consumer) cancels the run.
+    """
+    queue: asyncio.Queue[ProgressEvent] = asyncio.Queue()
+    task = asyncio.ensure_future(
+        agenerate_video(
+            audio_path, character, output_path, model_name, on_progress=queue.put_nowait, **options
         )
-    return result
+    )
+    try:
+        while not (task.done() and queue.empty()):
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield getter.result()
+            else:
+                getter.cancel()
+        task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _in_loop(
+    callback: Callable[[ProgressEvent], object | Awaitable[object]], loop: asyncio.AbstractEventLoop
+) -> Callable[[ProgressEvent], None]:
+    """Wrap ``callback`` so that a worker thread can call it: it runs in ``loop``."""
+    pending: set[asyncio.Future[object]] = set()  # the loop keeps only weak references
+
+    def deliver(event: ProgressEvent) -> None:
+        def call() -> None:
+            outcome = callback(event)
+            if inspect.isawaitable(outcome):
+                task = asyncio.ensure_future(outcome)
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
+            loop.call_soon_threadsafe(call)
+
+    return deliver
+
+
+def _in_thread(call: Callable[[], _T], loop: asyncio.AbstractEventLoop) -> asyncio.Future[_T]:
+    """Run ``call`` in a thread of its own (runs last minutes: no pool to starve)."""
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result = call()
+        except BaseException as error:  # noqa: BLE001 - handed to the awaiting task
+            loop.call_soon_threadsafe(settle, None, error)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=work, name="nerfcache-run", daemon=True).start()
+    return future
 
 
 def _stage_input(source: Path, folder: Path, stem: str) -> str:

@@ -55,9 +55,12 @@ def plan_launch(
     audio: Path,
     image: Path,
     network: Path,
+    gpu: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> LaunchPlan:
     """Build the command for one run; ``outdir`` doubles as the cache dir where supported.
+
+    ``gpu`` sets ``CUDA_VISIBLE_DEVICES`` (a GPU slot's card); None leaves it as inherited.
 
     The stock script rejects unknown options (click: "No such option", exit 2), so it gets no
     ``--cache_dir``: it caches inside ``--outdir`` instead, which the caller seeds.
@@ -83,6 +86,8 @@ def plan_launch(
     env["PYTHONPATH"] = str(settings.nerf_code_dir)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(settings.extra_env)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
     return LaunchPlan(
         argv=tuple(argv),
         # The scripts open pretrained_networks/, PTI/, frames ... relative to the code folder.
