@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -418,7 +418,7 @@ async def stream_video(
     output_path: Path | str,
     model_name: str,
     **options: Any,
-) -> AsyncIterator[ProgressEvent]:
+) -> AsyncGenerator[ProgressEvent, None]:
     """Run like ``agenerate_video`` and yield its ``ProgressEvent``s, for SSE or websockets.
 
     The last event's stage is ``done`` or ``failed``; errors are raised after it. Leaving the

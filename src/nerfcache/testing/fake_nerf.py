@@ -189,7 +189,11 @@ def _checkpoint(job: Job, phase: str) -> None:
 
 
 def _tqdm(desc: str, total: int, redraws: int, seconds: float) -> None:
-    """Draw a tqdm-style bar on stderr, redrawn with carriage returns (fact: tqdm, no newlines)."""
+    """Draw a tqdm-style bar on stderr, redrawn with carriage returns (fact: tqdm, no newlines).
+
+    Like tqdm (mininterval 0.1 s), a long phase redraws at least every 0.1 s.
+    """
+    redraws = max(redraws, min(int(seconds * 10), total))
     for i in range(redraws + 1):
         if i and seconds > 0:
             time.sleep(seconds / redraws)
