@@ -1,0 +1,1 @@
+"""Examples of nerfcache in use (tested in CI)."""

@@ -1,0 +1,1 @@
+"""A FastAPI app on nerfcache: see app.py."""
