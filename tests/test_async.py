@@ -213,6 +213,8 @@ def test_cancel_during_a_warm_render_keeps_the_cache(nerf_project: FakeProject) 
     warm_call = nerf_project.calls()[-1]
     assert process_gone(warm_call.pid)
     assert no_staging_left(nerf_project)
+    for lock in ("build.lock", "state.lock"):
+        assert lock_is_free(nerf_project.character_dir() / ".nerfcache" / lock)
     assert CharacterCache(nerf_project.settings, "ayanami").status() is CacheStatus.WARM
     assert not (nerf_project.root / "2").exists()
 

@@ -13,7 +13,13 @@ import pytest
 from filelock import FileLock
 from pydantic import ValidationError
 
-from nerfcache import GenerationCancelled, ProgressEvent, Settings, generate_video
+from nerfcache import (
+    GenerationCancelled,
+    GenerationTimeout,
+    ProgressEvent,
+    Settings,
+    generate_video,
+)
 from nerfcache.gpus import gpu_slot
 from nerfcache.testing import FakeCall, FakeProject
 from tests.conftest import wait_until
@@ -191,3 +197,25 @@ def test_a_freed_slot_lets_the_queued_run_go(nerf_project: FakeProject) -> None:
         slot.release()
     thread.join(30)
     assert results and results[0] and results[0].gpu == "0"
+
+
+def test_a_slot_is_released_after_a_timeout_or_a_failure(nerf_project: FakeProject) -> None:
+    warm_up(nerf_project)
+    gpu = nerf_project.settings.model_copy(update={"gpus": "5"})
+    slow = nerf_project.with_env(FAKE_NERF_RENDER_S="60").model_copy(update={"gpus": "5"})
+    failing = nerf_project.with_env(FAKE_NERF_FAIL_AT="rendering").model_copy(update={"gpus": "5"})
+    with pytest.raises(GenerationTimeout):
+        generate_video(
+            nerf_project.audio,
+            "ayanami",
+            nerf_project.root / "x",
+            "ffhq.pkl",
+            settings=slow,
+            timeout=0.5,
+        )
+    assert not generate_video(
+        nerf_project.audio, "ayanami", nerf_project.root / "y", "ffhq.pkl", settings=failing
+    )
+    slot = FileLock(gpu.cache_root / ".nerfcache" / "gpu-slots" / "gpu5-slot0.lock")
+    slot.acquire(timeout=0)  # free again
+    slot.release()
