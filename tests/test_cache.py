@@ -205,6 +205,19 @@ def test_a_fit_on_a_replaced_pti_is_not_published(cache: CharacterCache) -> None
     assert cache.status(FP) is CacheStatus.PTI_ONLY
 
 
+def test_a_fit_is_not_published_beside_a_pti_replaced_meanwhile(cache: CharacterCache) -> None:
+    build(cache, names=PTI_FILES)
+    with cache.stage(FP, image=Path("i"), network=Path("n")) as staging:
+        for name in PTI_FILES:  # another host rebuilt the PTI group (a lock that did not hold)
+            payload = zipfile.ZipFile(cache.path / name).read("archive/data.pkl")
+            (cache.path / name).unlink()
+            write_pt(cache.path / name, payload)
+        assert cache.status(FP) is CacheStatus.PTI_ONLY
+        write_pt(staging.path / "fitted_coeffs.pt")
+        assert cache.publish(staging, image=Path("i"), network=Path("n")) == ()
+    assert cache.status(FP) is CacheStatus.PTI_ONLY
+
+
 def test_a_file_rewritten_through_its_link_quarantines_the_cache(cache: CharacterCache) -> None:
     build(cache)
     with cache.stage(FP, image=Path("i"), network=Path("n")) as staging:

@@ -238,11 +238,15 @@ class CharacterCache:
             before = self.status(fingerprint)
             status = self._prepare(fingerprint, before, image=image, network=network)
             staging = Staging(self, run_id, fingerprint, before, status)
-            manifest = self.manifest()
-            if manifest is not None:
-                for name in manifest.files:
-                    staging.seed(self.path / name)
-                self._write_manifest(manifest.model_copy(update={"last_used_at": _now()}))
+            try:
+                manifest = self.manifest()
+                if manifest is not None:
+                    for name in manifest.files:
+                        staging.seed(self.path / name)
+                    self._write_manifest(manifest.model_copy(update={"last_used_at": _now()}))
+            except BaseException:
+                staging.discard()
+                raise
         return staging
 
     @contextlib.contextmanager
@@ -341,7 +345,9 @@ class CharacterCache:
                 new += PTI_FILES
             # fitted_coeffs.pt is fitted on the PTI generator's rendering: publish it only with
             # the PTI group it came from, that is the one published now or the one seeded.
-            fitted_on_published = pti_here and not any(staging.changed(n) for n in PTI_FILES)
+            fitted_on_published = pti_here and all(
+                staging.unchanged_copy_of(self.path / n) for n in PTI_FILES
+            )
             if (
                 all(staging.built(n) for n in FIT_FILES)
                 and (new == list(PTI_FILES) or fitted_on_published)
@@ -495,6 +501,7 @@ class Staging:
         self._lock.acquire(timeout=0)
         self.path.mkdir()
         self._seeded: dict[str, tuple[int, int, int]] = {}
+        self._sources: dict[str, tuple[int, int, int]] = {}
 
     def seed(self, source: Path) -> None:
         """Put ``source`` into the staging dir: a hard link, or a copy where links fail."""
@@ -504,6 +511,17 @@ class Staging:
         except OSError:
             shutil.copy2(source, target)
         self._seeded[source.name] = _identity(target)
+        self._sources[source.name] = _identity(source)
+
+    def unchanged_copy_of(self, published: Path) -> bool:
+        """Whether the run's file of that name is still the one seeded from ``published``."""
+        name = published.name
+        if name not in self._seeded or self.changed(name):
+            return False
+        try:
+            return _identity(published) == self._sources[name]
+        except OSError:
+            return False
 
     def changed(self, name: str) -> bool:
         """Whether the run wrote ``name`` anew (it differs from what was seeded)."""
