@@ -19,36 +19,54 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import fnmatch
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import BinaryIO, Literal
 
 from filelock import FileLock, Timeout
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from nerfcache.characters import character_dir
+from nerfcache.characters import character_dir, find_test_image, resolve_model
 from nerfcache.config import Settings
-from nerfcache.errors import GenerationCancelled
+from nerfcache.errors import (
+    GenerationCancelled,
+    InvalidInputError,
+    MissingFileError,
+    NerfCacheError,
+)
 
 __all__ = [
+    "BYPRODUCTS",
     "CACHE_FILES",
     "FIT_FILES",
     "PTI_FILES",
+    "CacheInfo",
     "CacheStatus",
     "CharacterCache",
+    "Finding",
     "Fingerprint",
     "Manifest",
+    "Pruning",
+    "Snapshot",
     "Staging",
+    "Verification",
+    "digest_memo",
     "file_sha256",
+    "list_caches",
+    "prune",
 ]
 
 CACHE_FORMAT = 1
@@ -167,6 +185,7 @@ class CharacterCache:
 
     def __init__(self, settings: Settings, character: str) -> None:
         self.character = character
+        self.settings = settings
         self.path = character_dir(settings, character)
         self.keep_generations = settings.keep_generations
         self.meta = self.path / META_DIR
@@ -365,6 +384,359 @@ class CharacterCache:
         self._log.info("published {} to {}", ", ".join(new), self.path)
         return tuple(new)
 
+    # - management -
+
+    def info(self) -> CacheInfo:
+        """Describe this cache as ``list_caches`` does (stat calls; no cache file is read)."""
+        digests = _Digests(digest_memo(self.settings))
+        info = self._info(digests)
+        digests.save()
+        return info
+
+    def in_use(self) -> bool:
+        """Whether a run holds this cache: a cold build (the build lock) or any live run."""
+        return _held(self.meta / "build.lock") or self._live_runs() > 0
+
+    def verify(self, *, model_name: str | None = None, fix: bool = False) -> Verification:
+        """Check the published cache without torch; with ``fix``, move aside what fails.
+
+        Every cache file must be a complete zip archive, as ``torch.save`` writes (each
+        member's CRC is checked, so this reads the files), of the size the manifest lists; the
+        manifest's fingerprint must match the current portrait, the network (``model_name``,
+        else the file it was built with if it is still there) and ``trunc``. With ``fix``, an
+        interrupted publish is finished first, then a cache whose files fail is quarantined and
+        a sound cache for another fingerprint is set aside, as the next run would do.
+
+        Raises:
+            InvalidInputError: a bad ``model_name``.
+            MissingFileError: ``model_name`` is not in ``model_dir``.
+
+        """
+        network = resolve_model(self.settings, model_name) if model_name else None
+        if not self.path.is_dir():
+            return Verification(self.character, CacheStatus.COLD, (), None)
+        with self.state_lock() if fix else contextlib.nullcontext():
+            if fix:
+                self._recover()
+            manifest = self.manifest()
+            files = self._check_files(manifest)
+            fit = self._check_fingerprint(manifest, network) if manifest is not None else []
+            status = self.status()
+            action: str | None = None
+            if any(f.level == "error" for f in files):
+                status = CacheStatus.PARTIAL
+                if fix:
+                    self._quarantine("verify")
+                    action = "quarantined"
+            elif any(f.level == "error" for f in fit):
+                status = CacheStatus.STALE
+                if fix:
+                    self._set_aside()
+                    action = "set aside"
+        return Verification(self.character, status, (*files, *fit), action)
+
+    def clear(self) -> int:
+        """Delete this character's cache; return the bytes freed.
+
+        Removes the four cache files, the byproduct PNGs the original launcher left in the
+        folder (``BYPRODUCTS``, ``fitted_img_*.png``) and everything in ``.nerfcache/`` but its
+        lock files: the manifest, set-aside generations, quarantine, dead runs' staging dirs.
+        Never ``images/``, ``audio.wav`` or any other file of the user.
+
+        Raises:
+            NerfCacheError: the cache is in use (a build or a live run); nothing was removed.
+
+        """
+        if not self.path.is_dir():
+            return 0
+        with self.state_lock(), self._exclusive():
+            before = self._footprint()
+            for path in [*(self.path / name for name in CACHE_FILES), *_byproducts(self.path)]:
+                path.unlink(missing_ok=True)
+            for entry in self.meta.iterdir():
+                # Lock files stay: a waiter holds the old inode, so deleting one would let a
+                # newcomer lock a new file beside it. Runs were reaped by _exclusive.
+                if entry.name in ("build.lock", "state.lock", "runs"):
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            freed = before - self._footprint()
+        self._log.info("cleared the cache in {} ({} bytes)", self.path, freed)
+        return freed
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """Yield the published manifest with its files open for reading (an export).
+
+        The files are opened under the state lock, so they are the very files the manifest
+        describes even if the cache changes meanwhile (changes are renames, never rewrites).
+
+        Raises:
+            MissingFileError: nothing is cached.
+            InvalidInputError: the cache is partial or legacy (no checked manifest).
+
+        """
+        with contextlib.ExitStack() as stack:
+            with self.state_lock():
+                status = self.status()
+                manifest = self.manifest()
+                if status is CacheStatus.COLD:
+                    raise MissingFileError(
+                        f"nothing is cached for {self.character!r} in {self.path}", path=self.path
+                    )
+                if manifest is None or status not in (CacheStatus.WARM, CacheStatus.PTI_ONLY):
+                    raise InvalidInputError(
+                        f"the cache of {self.character!r} is {status.value}: verify it, or let a"
+                        " run adopt or rebuild it, before exporting it",
+                        field="character",
+                        value=self.character,
+                    )
+                files: dict[str, BinaryIO] = {}
+                for name in manifest.files:
+                    if problem := _zip_problem(self.path / name, deep=False):
+                        raise InvalidInputError(
+                            f"the cache of {self.character!r} is damaged: {name} is {problem}",
+                            field="character",
+                            value=self.character,
+                        )
+                    files[name] = stack.enter_context((self.path / name).open("rb"))
+            yield Snapshot(manifest, files)
+
+    @contextlib.contextmanager
+    def receive(self, fingerprint: Fingerprint) -> Iterator[Staging]:
+        """Yield a private staging dir for cache files that arrive from elsewhere (an import).
+
+        It counts as a live run until it is removed on the way out: nothing clears or reaps
+        the cache under it, and a crash leaves a dead run that the next check-out reaps.
+        """
+        run_id = f"import-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+        with self.state_lock():  # staging dirs appear under the state lock, as in checkout
+            staging = Staging(self, run_id, fingerprint, CacheStatus.COLD, CacheStatus.COLD)
+        try:
+            yield staging
+        finally:
+            staging.discard()
+
+    def install(self, staging: Staging, manifest: Manifest) -> CacheStatus:
+        """Publish the complete cache in ``staging`` that ``manifest`` describes.
+
+        What was published is set aside first (a sound cache, as a generation) or quarantined
+        (a broken one); the files move in with ``os.replace`` and the manifest comes last, so a
+        crash leaves a recoverable cache. Returns the status of the cache it replaced.
+
+        Raises:
+            InvalidInputError: a file is missing, of another size or not a complete archive.
+            NerfCacheError: the cache is in use (a build or another live run).
+
+        """
+        for name, size in manifest.files.items():
+            path = staging.path / name
+            if _size(path) != size or _zip_problem(path, deep=False):
+                raise InvalidInputError(
+                    f"{name} in {staging.path} does not match its manifest", field="manifest"
+                )
+        if not manifest.has_pti or not set(manifest.files) <= set(CACHE_FILES):
+            raise InvalidInputError(
+                "a manifest must list the PTI group and only cache files", field="manifest"
+            )
+        with self.state_lock(), self._exclusive(own_run=staging.run_id):
+            self._recover()
+            replaced = self.status()
+            if replaced in (CacheStatus.WARM, CacheStatus.PTI_ONLY):
+                self._set_aside()
+            elif replaced is not CacheStatus.COLD:
+                self._quarantine("replaced")
+            _write_json(self._pending_path, manifest.model_dump(mode="json"))
+            for name in manifest.files:
+                os.replace(staging.path / name, self.path / name)
+            os.replace(self._pending_path, self.manifest_path)
+        self._log.info("installed {} in {}", ", ".join(manifest.files), self.path)
+        return replaced
+
+    def _info(self, digests: _Digests) -> CacheInfo:
+        manifest = self.manifest()
+        status = self.status()
+        usable = status in (CacheStatus.WARM, CacheStatus.PTI_ONLY)
+        if usable and manifest is not None and self._outdated(manifest, digests):
+            status = CacheStatus.STALE
+        files = {n: s for n in CACHE_FILES if (s := _size(self.path / n)) is not None}
+        last_used = manifest.last_used_at if manifest else _newest_mtime(self.path, files)
+        return CacheInfo(
+            character=self.character,
+            path=self.path,
+            status=status,
+            files=files,
+            size_bytes=sum(files.values()),
+            total_bytes=self._footprint(),
+            built_at=manifest.built_at if manifest else None,
+            last_used_at=last_used,
+            fingerprint=manifest.fingerprint if manifest else None,
+            image=manifest.image if manifest else None,
+            network=manifest.network if manifest else None,
+            generations=_subdirs(self.meta / "generations"),
+            quarantined=len(_subdirs(self.meta / "quarantine")),
+            live_runs=self._live_runs(),
+            building=_held(self.meta / "build.lock"),
+        )
+
+    def _outdated(self, manifest: Manifest, digests: _Digests) -> bool:
+        """Whether the portrait or trunc changed since the build (the network is per call)."""
+        if manifest.fingerprint.trunc != self.settings.trunc:
+            return True
+        try:
+            image = find_test_image(self.settings, self.character)
+            return digests.of(image) != manifest.fingerprint.image_sha256
+        except (NerfCacheError, OSError):
+            return False  # no portrait to compare with: the next run will say
+
+    def _check_files(self, manifest: Manifest | None) -> list[Finding]:
+        present = [name for name in CACHE_FILES if (self.path / name).is_file()]
+        findings: list[Finding] = []
+        if self._pending_path.exists():
+            findings.append(
+                Finding(
+                    "manifest",
+                    "warning",
+                    "an interrupted publish (manifest.pending.json): the next run completes or"
+                    " drops it",
+                )
+            )
+        expected: dict[str, int | None] = dict.fromkeys(present)
+        if manifest is not None:
+            expected = dict(manifest.files)
+            if not manifest.has_pti:
+                findings.append(Finding("manifest", "error", "it lists no complete PTI group"))
+            findings += [
+                Finding(name, "error", "not listed in the manifest")
+                for name in present
+                if name not in manifest.files
+            ]
+        elif self.manifest_path.exists():
+            findings.append(Finding("manifest", "error", "manifest.json is unreadable"))
+        elif present:
+            missing = [name for name in CACHE_FILES if name not in present]
+            findings.append(
+                Finding(
+                    "manifest",
+                    "error",
+                    f"no manifest and an incomplete set of files (no {', '.join(missing)}):"
+                    " left by a crash",
+                )
+                if missing
+                else Finding(
+                    "manifest",
+                    "warning",
+                    "no manifest: made by the original launcher; the next run adopts it without"
+                    " being able to check which portrait it was built from",
+                )
+            )
+        for name, size in expected.items():
+            actual = _size(self.path / name)
+            if actual is None:
+                findings.append(Finding(name, "error", "missing"))
+            elif size is not None and actual != size:
+                findings.append(
+                    Finding(name, "error", f"{actual} bytes where the manifest says {size}")
+                )
+            elif problem := _zip_problem(self.path / name):
+                findings.append(Finding(name, "error", problem))
+            else:
+                findings.append(Finding(name, "ok", f"a complete archive of {actual} bytes"))
+        return findings
+
+    def _check_fingerprint(self, manifest: Manifest, network: Path | None) -> list[Finding]:
+        built = manifest.fingerprint
+        memo = digest_memo(self.settings)
+        findings = [
+            Finding("trunc", "ok", f"{built.trunc:g}")
+            if built.trunc == self.settings.trunc
+            else Finding(
+                "trunc",
+                "error",
+                f"built with trunc {built.trunc:g}; the settings say {self.settings.trunc:g}",
+            )
+        ]
+        try:
+            image = find_test_image(self.settings, self.character)
+        except NerfCacheError as error:
+            findings.append(Finding("portrait", "warning", f"not checked: {error}"))
+        else:
+            if file_sha256(image, memo=memo) == built.image_sha256:
+                findings.append(Finding("portrait", "ok", f"built from {image}"))
+            else:
+                findings.append(
+                    Finding(
+                        "portrait",
+                        "error",
+                        f"built from another portrait than {image} (from {manifest.image})",
+                    )
+                )
+        if network is None and Path(manifest.network).is_file():
+            network = Path(manifest.network)
+        if network is None:
+            findings.append(
+                Finding(
+                    "network",
+                    "warning",
+                    f"not checked: {manifest.network} is not here; name a model to check it",
+                )
+            )
+        elif file_sha256(network, memo=memo) == built.network_sha256:
+            findings.append(Finding("network", "ok", f"built with {network.name}"))
+        else:
+            findings.append(
+                Finding("network", "error", f"built with another network than {network}")
+            )
+        return findings
+
+    @contextlib.contextmanager
+    def _exclusive(self, *, own_run: str | None = None) -> Iterator[None]:
+        """Hold the build lock and make sure no other run is live (call with the state lock).
+
+        New runs cannot start meanwhile: their staging dirs are made under the state lock.
+        """
+        building = self.build_lock()
+        if not _try_acquire(building):
+            raise NerfCacheError(
+                f"the cache of {self.character!r} is in use: a run is building it; try again"
+                " when it is done"
+            )
+        try:
+            self._reap_dead_runs()
+            if live := self._live_runs(exclude=own_run):
+                raise NerfCacheError(
+                    f"the cache of {self.character!r} is in use by {live} running"
+                    " generation(s); try again when they are done"
+                )
+            yield
+        finally:
+            building.release()
+
+    def _live_runs(self, *, exclude: str | None = None) -> int:
+        runs = self.meta / "runs"
+        if not runs.is_dir():
+            return 0
+        return sum(1 for lock in runs.glob("*.lock") if lock.stem != exclude and _held(lock))
+
+    def _footprint(self) -> int:
+        """Bytes of everything nerfcache keeps in the folder, hard links counted once."""
+        paths = [self.path / name for name in CACHE_FILES] + _byproducts(self.path)
+        for folder, _dirs, names in os.walk(self.meta):
+            paths += [Path(folder, name) for name in names]
+        seen: set[tuple[int, int]] = set()
+        total = 0
+        for path in paths:
+            try:
+                stat = path.lstat()
+            except OSError:
+                continue
+            if (stat.st_dev, stat.st_ino) not in seen:
+                seen.add((stat.st_dev, stat.st_ino))
+                total += stat.st_size
+        return total
+
     # - internals (all called with the state lock held) -
 
     @property
@@ -504,14 +876,21 @@ class Staging:
         self._sources: dict[str, tuple[int, int, int]] = {}
 
     def seed(self, source: Path) -> None:
-        """Put ``source`` into the staging dir: a hard link, or a copy where links fail."""
-        target = self.path / source.name
-        try:
-            os.link(source, target)
-        except OSError:
-            shutil.copy2(source, target)
+        """Put the published cache file ``source`` into the staging dir."""
+        target = _link_or_copy(source, self.path / source.name)
         self._seeded[source.name] = _identity(target)
         self._sources[source.name] = _identity(source)
+
+    def add_input(self, source: Path, stem: str) -> str:
+        """Put an input file in the staging dir under a plain name (``stem`` + a plain suffix).
+
+        The scripts paste the audio path into a shell command unquoted; inside the staging dir
+        it is harmless whatever the user called it. Returns the name.
+        """
+        suffix = source.suffix.lower()
+        name = stem + (suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else "")
+        _link_or_copy(source, self.path / name)
+        return name
 
     def unchanged_copy_of(self, published: Path) -> bool:
         """Whether the run's file of that name is still the one seeded from ``published``."""
@@ -550,6 +929,291 @@ class Staging:
         self.path.with_suffix(".lock").unlink(missing_ok=True)
 
 
+# -- management ----------------------------------------------------------------------------
+
+BYPRODUCTS = ("output_from_w_pivot_w_G_PTI.png", "img_tesnor_224_resize_prc.png")
+"""PNGs the cache-capable script writes into its cache dir on every run, with
+``fitted_img_*.png``. The original launcher's cache dir was the character folder, so they are
+found there; ``clear`` removes them."""
+BYPRODUCT_PATTERN = "fitted_img_*.png"
+
+FindingLevel = Literal["ok", "warning", "error"]
+
+
+def digest_memo(settings: Settings) -> Path:
+    """The file where hashes of portraits and networks are remembered by file version."""
+    return settings.cache_root / META_DIR / "digests.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheInfo:
+    """One character's cache, as a listing shows it."""
+
+    character: str
+    path: Path
+    status: CacheStatus
+    """cold, warm, pti-only, partial or legacy; stale if the portrait or trunc changed since."""
+    files: dict[str, int]
+    """Cache files present -> size in bytes."""
+    size_bytes: int
+    """The published cache files."""
+    total_bytes: int
+    """Everything ``clear`` would free: cache files, byproducts and ``.nerfcache/``."""
+    built_at: datetime | None
+    last_used_at: datetime | None
+    """From the manifest; without one, the newest change of a cache file."""
+    fingerprint: Fingerprint | None
+    image: str | None
+    """The portrait it was built from, as the manifest names it."""
+    network: str | None
+    generations: tuple[str, ...]
+    """Keys of the caches for other portraits, networks or trunc set aside."""
+    quarantined: int
+    live_runs: int
+    building: bool
+
+    @property
+    def in_use(self) -> bool:
+        """Whether a build or a live run holds the cache (prune and clear leave it alone)."""
+        return self.building or self.live_runs > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One check of ``CharacterCache.verify``: a file, the manifest, the portrait, ..."""
+
+    subject: str
+    level: FindingLevel
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Verification:
+    """What ``CharacterCache.verify`` found, and what ``fix`` did about it."""
+
+    character: str
+    status: CacheStatus
+    findings: tuple[Finding, ...]
+    action: str | None
+    """``"quarantined"``, ``"set aside"`` or None."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether no check failed (warnings are fine)."""
+        return all(finding.level != "error" for finding in self.findings)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The published manifest and its files, open for reading."""
+
+    manifest: Manifest
+    files: dict[str, BinaryIO]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pruning:
+    """What ``prune`` removed or, in a dry run, would remove."""
+
+    removed: tuple[CacheInfo, ...]
+    """Least recently used first."""
+    skipped: tuple[CacheInfo, ...]
+    """Chosen, but in use: left alone."""
+    total_bytes: int
+    """What every cache took before."""
+    freed_bytes: int
+    dry_run: bool
+
+
+def list_caches(settings: Settings) -> list[CacheInfo]:
+    """Describe every character folder under ``cache_root``, sorted by name.
+
+    Stat calls and small reads (manifests, the hash memo): no cache file is read, so 1,000
+    characters take well under a second. A portrait missing from the hash memo is hashed
+    (portraits are small) and remembered.
+    """
+    root = settings.cache_root
+    if not root.is_dir():
+        return []
+    digests = _Digests(digest_memo(settings))
+    caches = []
+    for entry in sorted(root.iterdir()):
+        if not entry.is_dir():
+            continue
+        try:
+            cache = CharacterCache(settings, entry.name)
+        except InvalidInputError:
+            continue  # not a character: nerfcache's own .nerfcache, or a link out of cache_root
+        caches.append(cache._info(digests))  # one memo read for the whole listing
+    digests.save()
+    return caches
+
+
+def prune(
+    settings: Settings,
+    *,
+    max_bytes: int | None = None,
+    older_than: timedelta | None = None,
+    keep: int | None = None,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> Pruning:
+    """Remove whole caches, least recently used first, as ``CharacterCache.clear`` does.
+
+    A cache goes if it was last used longer than ``older_than`` ago, or while all caches
+    together take more than ``max_bytes``; the ``keep`` most recently used always stay (given
+    alone, every other cache goes). A cache in use is never touched, nor any user file.
+
+    Raises:
+        InvalidInputError: none of ``max_bytes``, ``older_than`` and ``keep`` is given, or one
+            is negative.
+
+    """
+    if max_bytes is None and older_than is None and keep is None:
+        raise InvalidInputError(
+            "say what to prune: max_bytes, older_than or keep", field="prune", value=None
+        )
+    for name, value in (("max_bytes", max_bytes), ("keep", keep)):
+        if value is not None and value < 0:
+            raise InvalidInputError(f"{name} must not be negative", field=name, value=value)
+    if older_than is not None and older_than < timedelta(0):
+        raise InvalidInputError("older_than must not be negative", field="older_than")
+    caches = [info for info in list_caches(settings) if info.total_bytes > 0]
+    plan = _choose(
+        caches, max_bytes=max_bytes, older_than=older_than, keep=keep or 0, now=now or _now()
+    )
+    if dry_run:
+        return plan
+    removed: list[CacheInfo] = []
+    skipped = list(plan.skipped)
+    freed = 0
+    for info in plan.removed:
+        try:
+            freed += CharacterCache(settings, info.character).clear()
+        except NerfCacheError:
+            skipped.append(info)  # a run started since the listing
+        else:
+            removed.append(info)
+    return dataclasses.replace(
+        plan, removed=tuple(removed), skipped=tuple(skipped), freed_bytes=freed, dry_run=False
+    )
+
+
+def _choose(
+    caches: list[CacheInfo],
+    *,
+    max_bytes: int | None,
+    older_than: timedelta | None,
+    keep: int,
+    now: datetime,
+) -> Pruning:
+    """Decide what ``prune`` removes (no I/O)."""
+    order = sorted(caches, key=_last_used)
+    kept = {info.character for info in order[max(len(order) - keep, 0) :]} if keep else set()
+    total = remaining = sum(info.total_bytes for info in caches)
+    removed: list[CacheInfo] = []
+    skipped: list[CacheInfo] = []
+    for info in order:
+        if info.character in kept:
+            continue
+        old = older_than is not None and _last_used(info) < now - older_than
+        over = max_bytes is not None and remaining > max_bytes
+        if not (old or over or (older_than is None and max_bytes is None)):
+            continue
+        if info.in_use:
+            skipped.append(info)
+        else:
+            removed.append(info)
+            remaining -= info.total_bytes
+    return Pruning(tuple(removed), tuple(skipped), total, total - remaining, dry_run=True)
+
+
+def _last_used(info: CacheInfo) -> datetime:
+    return info.last_used_at or info.built_at or datetime.min.replace(tzinfo=timezone.utc)
+
+
+class _Digests:
+    """The hash memo read once for a whole listing (``file_sha256`` reads it on every call)."""
+
+    def __init__(self, memo: Path) -> None:
+        stored = _read_json(memo)
+        self._memo = memo
+        self._stored = stored if isinstance(stored, dict) else {}
+        self._new: dict[str, object] = {}
+
+    def of(self, path: Path) -> str:
+        stat = path.stat()
+        real = str(path.resolve())
+        version = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        record = self._stored.get(real)
+        if isinstance(record, dict) and record.get("version") == version:
+            return str(record["sha256"])
+        digest = file_sha256(path)
+        self._new[real] = {"version": version, "sha256": digest}
+        return digest
+
+    def save(self) -> None:
+        if self._new:
+            stored = _read_json(self._memo)
+            _write_json(self._memo, {**(stored if isinstance(stored, dict) else {}), **self._new})
+
+
+def _held(path: Path) -> bool:
+    """Whether someone holds the file lock at ``path``; a missing lock file is free.
+
+    A lock file removed between the check and the probe is created again by the probe, empty:
+    the next check-out reaps it like any dead run's.
+    """
+    if not path.exists():
+        return False
+    lock = FileLock(path)
+    if not _try_acquire(lock):
+        return True
+    lock.release()
+    return False
+
+
+def _byproducts(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if (path.name in BYPRODUCTS or fnmatch.fnmatchcase(path.name, BYPRODUCT_PATTERN))
+        and path.is_file()
+    )
+
+
+def _subdirs(folder: Path) -> tuple[str, ...]:
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted(entry.name for entry in folder.iterdir() if entry.is_dir()))
+
+
+def _newest_mtime(folder: Path, names: Iterable[str]) -> datetime | None:
+    times = []
+    for name in names:
+        with contextlib.suppress(OSError):
+            times.append((folder / name).stat().st_mtime)
+    return datetime.fromtimestamp(max(times), timezone.utc) if times else None
+
+
+def _zip_problem(path: Path, *, deep: bool = True) -> str | None:
+    """Why ``path`` is not a complete zip archive as torch.save writes, or None.
+
+    ``deep`` reads every member and checks its CRC; otherwise only the central directory,
+    which a truncated file lacks.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not archive.namelist():
+                return "an empty archive"
+            bad = archive.testzip() if deep else None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        return f"not a complete zip archive, as torch.save writes ({error})"
+    return f"a damaged archive (member {bad} fails its CRC check)" if bad else None
+
+
 # -- small file helpers --------------------------------------------------------------------
 
 
@@ -578,6 +1242,15 @@ def _size(path: Path) -> int | None:
         return path.stat().st_size
     except OSError:
         return None
+
+
+def _link_or_copy(source: Path, target: Path) -> Path:
+    """Hard-link ``source`` to ``target`` (instant, no space), or copy it where links fail."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+    return target
 
 
 def _identity(path: Path) -> tuple[int, int, int]:

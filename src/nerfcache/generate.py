@@ -273,8 +273,8 @@ def _run(
                 outdir=workdir,
                 # The scripts paste the audio path into a shell command unquoted: stage it
                 # (and the portrait) under plain names in the plain workdir.
-                audio=workdir / _stage_input(inputs.audio, staging.path, "audio"),
-                image=workdir / _stage_input(image, staging.path, "portrait"),
+                audio=workdir / staging.add_input(inputs.audio, "audio"),
+                image=workdir / staging.add_input(image, "portrait"),
                 network=network,
                 gpu=gpu,
             )
@@ -488,17 +488,6 @@ def _in_thread(call: Callable[[], _T], loop: asyncio.AbstractEventLoop) -> async
 
     threading.Thread(target=work, name="nerfcache-run", daemon=True).start()
     return future
-
-
-def _stage_input(source: Path, folder: Path, stem: str) -> str:
-    """Link (or copy) ``source`` into ``folder`` under a plain name; return that name."""
-    suffix = source.suffix if _SHELL_SAFE.fullmatch(source.suffix[1:] or "x") else ""
-    name = stem + suffix.lower()
-    try:
-        os.link(source, folder / name)
-    except OSError:
-        shutil.copyfile(source, folder / name)
-    return name
 
 
 @contextlib.contextmanager
