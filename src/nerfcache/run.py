@@ -1,7 +1,8 @@
 """Run a LaunchPlan: stream its output to the log, keep a bounded tail, enforce the timeout.
 
-One loop over both pipes (no reader threads), so memory stays bounded whatever the child prints
-and a child that never closes its pipes cannot hang the caller past its timeout.
+stdout and stderr share one pipe, read by one loop (no reader threads): lines keep their order,
+memory stays bounded whatever the child prints, and a child that never closes its output cannot
+hang the caller past its timeout.
 """
 
 from __future__ import annotations
@@ -147,8 +148,11 @@ class _Run:
             cwd=plan.cwd,
             env=dict(plan.env),
             stdin=subprocess.DEVNULL,
+            # One pipe for both streams: lines keep the order the script wrote them in (its
+            # tqdm bars go to stderr, its markers to stdout: progress stages need the order),
+            # and neither stream can fill up while the other is being read.
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a kill reaches all it started
         )
         log.info("started pid {}: {}", self.proc.pid, " ".join(plan.argv))
@@ -166,9 +170,8 @@ class _Run:
                 _terminate_group(proc)
             _kill_group(proc.pid, signal.SIGKILL)  # leftovers, while the group id is ours
             returncode = proc.wait()
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+            if proc.stdout is not None:
+                proc.stdout.close()
         duration = time.perf_counter() - self.started
         self.log.info("pid {} exited with {} after {:.1f} s", proc.pid, returncode, duration)
         stopped = self.timed_out or self.cancelled
@@ -181,24 +184,23 @@ class _Run:
         )
 
     def _pump(self) -> None:
-        """Read both pipes until they close, watching the clock, the cancel event and exit."""
+        """Read the output until it closes, watching the clock, the cancel event and exit."""
         with selectors.DefaultSelector() as selector:
-            for pipe in (self.proc.stdout, self.proc.stderr):
-                assert pipe is not None  # noqa: S101 - both are PIPE above
-                selector.register(pipe, selectors.EVENT_READ, (LineSplitter(), _Classifier()))
+            assert self.proc.stdout is not None  # noqa: S101 - a PIPE above
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            splitter, classifier = LineSplitter(), _Classifier()
             exited_at: float | None = None
             while selector.get_map():
                 if exited_at is None:
                     self._check_stop()
                     if _exited(self.proc):
                         exited_at = time.perf_counter()
-                        # The script is gone; what it left in its group would hold the pipes.
+                        # The script is gone; what it left in its group would hold the pipe.
                         _kill_group(self.proc.pid, signal.SIGKILL)
                 elif time.perf_counter() - exited_at > DRAIN_S:
-                    return  # something outside the group still holds the pipes: stop reading
+                    return  # something outside the group still holds the pipe: stop reading
                 # Wake up now and then to notice an exit, a timeout or a cancel when silent.
                 for key, _ in selector.select(POLL_S):
-                    splitter, classifier = key.data
                     data = os.read(key.fd, 1 << 16)
                     for line in splitter.feed(data) if data else splitter.close():
                         self._emit(line, classifier.level(line))
