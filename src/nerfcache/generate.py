@@ -35,7 +35,6 @@ from nerfcache.characters import (
 )
 from nerfcache.config import Settings, get_settings
 from nerfcache.errors import (
-    ConfigurationError,
     GenerationCancelled,
     GenerationError,
     GenerationTimeout,
@@ -279,15 +278,7 @@ def _run(
                 gpu=gpu,
             )
             tracker.stage("loading", "starting the NeRF script")
-            try:
-                outcome = run_plan(plan, timeout=timeout, cancel=cancel, on_line=line, log=log)
-            except PermissionError as error:
-                raise ConfigurationError(
-                    f"the conda Python {settings.conda_python} could not be started ({error});"
-                    " set conda_python (NERFCACHE_CONDA_PYTHON) to an executable",
-                    setting="conda_python",
-                    path=settings.conda_python,
-                ) from error
+            outcome = run_plan(plan, timeout=timeout, cancel=cancel, on_line=line, log=log)
         published = cache.publish(staging, image=image, network=network)
         video = staging.path / VIDEO_NAME
         # Exit 0 is not enough: the scripts ignore ffmpeg's failure.

@@ -35,6 +35,13 @@ def find_script(settings: Settings) -> tuple[Path, bool]:
     """
     _require(settings.nerf_code_dir, "nerf_code_dir", "the NeRFFaceSpeech code folder", is_dir=True)
     _require(settings.conda_python, "conda_python", "the NeRFFaceSpeech conda Python")
+    if not os.access(settings.conda_python, os.X_OK):
+        raise ConfigurationError(
+            f"the conda Python {settings.conda_python} is not executable: set conda_python"
+            " (environment variable NERFCACHE_CONDA_PYTHON) to the environment's bin/python",
+            setting="conda_python",
+            path=settings.conda_python,
+        )
     if settings.cache_script.is_file():
         return settings.cache_script, True
     _require(

@@ -10,11 +10,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 import selectors
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -144,7 +147,7 @@ class _Run:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.timed_out = self.cancelled = False
         self.proc = subprocess.Popen(
-            plan.argv,
+            (*_die_with_parent(), *plan.argv),
             cwd=plan.cwd,
             env=dict(plan.env),
             stdin=subprocess.DEVNULL,
@@ -225,6 +228,19 @@ class _Run:
         self.log.log(level, "{}", line)
         if self.on_line is not None:
             self.on_line(line)
+
+
+@functools.cache
+def _die_with_parent() -> tuple[str, ...]:
+    """A prefix that makes the script die with its launcher, where the system offers one.
+
+    The script runs in a session of its own (so a timeout can kill its whole group), which also
+    means a launcher killed with SIGKILL would leave it running on the GPU. util-linux's
+    ``setpriv --pdeathsig`` sets PR_SET_PDEATHSIG and then execs the script, in the same
+    process; Python's ``preexec_fn`` could do the same but is unsafe in threaded programs.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
 
 
 def _terminate_group(proc: subprocess.Popen[bytes]) -> None:
