@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from loguru import logger
+
+from nerfcache.cache import CACHE_FILES
+from nerfcache.testing import FakeProject
 
 pytest_plugins = ["nerfcache.testing.pytest_plugin"]
 
@@ -48,3 +53,37 @@ def process_gone(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return True
     return state in ("Z", "X")
+
+
+def lock_is_free(path: Path) -> bool:
+    """Whether nobody holds the file lock at ``path``."""
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except TimeoutError:
+        return False
+    lock.release()
+    return True
+
+
+def published(project: FakeProject, character: str | None = None) -> set[str]:
+    """The cache files published in a character's folder."""
+    folder = project.character_dir(character)
+    return {name for name in CACHE_FILES if (folder / name).exists()}
+
+
+def staging_left(project: FakeProject, character: str | None = None) -> list[Path]:
+    """Staging dirs and run locks still in a character's folder (none once runs are over)."""
+    runs = project.character_dir(character) / ".nerfcache" / "runs"
+    return sorted(runs.iterdir()) if runs.exists() else []
+
+
+def worker_env(project: FakeProject, **settings: str) -> dict[str, str]:
+    """The environment for a worker process that uses ``project`` through NERFCACHE_* only."""
+    env = {f"NERFCACHE_{k.upper()}": v for k, v in settings.items()}
+    return {
+        **os.environ,
+        "NERFCACHE_PROJECT_ROOT": str(project.root),
+        "NERFCACHE_EXTRA_ENV": json.dumps(project.settings.extra_env),
+        **env,
+    }

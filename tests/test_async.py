@@ -2,10 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from pathlib import Path
 
 import pytest
-from filelock import FileLock
 
 from nerfcache import (
     CacheStatus,
@@ -18,30 +16,7 @@ from nerfcache import (
 )
 from nerfcache.cache import CACHE_FILES, PTI_FILES
 from nerfcache.testing import FakeProject
-from tests.conftest import process_gone, wait_until
-
-
-def run_dir(project: FakeProject) -> Path:
-    return project.character_dir() / ".nerfcache" / "runs"
-
-
-def no_staging_left(project: FakeProject) -> bool:
-    runs = run_dir(project)
-    return not runs.exists() or not any(runs.iterdir())
-
-
-def lock_is_free(path: Path) -> bool:
-    lock = FileLock(path)
-    try:
-        lock.acquire(timeout=0)
-    except TimeoutError:
-        return False
-    lock.release()
-    return True
-
-
-def published(project: FakeProject) -> set[str]:
-    return {n for n in CACHE_FILES if (project.character_dir() / n).exists()}
+from tests.conftest import lock_is_free, process_gone, published, staging_left, wait_until
 
 
 async def until_stage(events: list[ProgressEvent], stage: str) -> None:
@@ -124,7 +99,7 @@ def test_cancel_during_a_cold_build(nerf_project: FakeProject) -> None:
     child = call.start["child_pid"]
     assert isinstance(child, int)
     assert process_gone(call.pid) and process_gone(child)  # killed before the cancel returned
-    assert no_staging_left(nerf_project)
+    assert staging_left(nerf_project) == []
     assert lock_is_free(nerf_project.character_dir() / ".nerfcache" / "build.lock")
     assert published(nerf_project) == set()
     assert events[-1].stage == "failed"
@@ -172,12 +147,14 @@ def test_cancel_while_waiting_for_another_build(nerf_project: FakeProject) -> No
     try:
         asyncio.run(waiter())
         assert len(nerf_project.calls()) == 1  # the waiter never started a script
-        assert len(list(run_dir(nerf_project).glob("*.lock"))) == 1  # only the builder's run
+        assert (
+            len([p for p in staging_left(nerf_project) if p.suffix == ".lock"]) == 1
+        )  # only the builder's run
     finally:
         builder_cancel.set()
         thread.join(30)
     assert len(builder_errors) == 1
-    assert no_staging_left(nerf_project)
+    assert staging_left(nerf_project) == []
     assert wait_until(lambda: process_gone(nerf_project.calls()[0].pid))
 
 
@@ -212,7 +189,7 @@ def test_cancel_during_a_warm_render_keeps_the_cache(nerf_project: FakeProject) 
     asyncio.run(main())
     warm_call = nerf_project.calls()[-1]
     assert process_gone(warm_call.pid)
-    assert no_staging_left(nerf_project)
+    assert staging_left(nerf_project) == []
     for lock in ("build.lock", "state.lock"):
         assert lock_is_free(nerf_project.character_dir() / ".nerfcache" / lock)
     assert CharacterCache(nerf_project.settings, "ayanami").status() is CacheStatus.WARM
@@ -236,7 +213,7 @@ def test_asyncio_timeout_cancels_the_run(nerf_project: FakeProject) -> None:
         asyncio.run(main())
     (call,) = nerf_project.calls()
     assert process_gone(call.pid)
-    assert no_staging_left(nerf_project)
+    assert staging_left(nerf_project) == []
     assert published(nerf_project) == set(PTI_FILES)  # PTI had finished: kept
 
 
@@ -273,5 +250,5 @@ def test_leaving_the_stream_early_cancels_the_run(nerf_project: FakeProject) -> 
     asyncio.run(main())
     (call,) = nerf_project.calls()
     assert process_gone(call.pid)
-    assert no_staging_left(nerf_project)
+    assert staging_left(nerf_project) == []
     assert published(nerf_project) == set(CACHE_FILES)

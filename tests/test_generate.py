@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
 
 from nerfcache import (
     CacheStatus,
@@ -25,7 +24,14 @@ from nerfcache import (
 )
 from nerfcache.cache import CACHE_FILES, PTI_FILES
 from nerfcache.testing import FakeProject, make_fake_project, write_png, write_wav
-from tests.conftest import process_gone, wait_until
+from tests.conftest import (
+    lock_is_free,
+    process_gone,
+    published,
+    staging_left,
+    wait_until,
+    worker_env,
+)
 
 VIDEO = "output_NeRFFaceSpeech.mp4"
 
@@ -54,26 +60,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     }
 
 
-def published(project: FakeProject, character: str | None = None) -> set[str]:
-    folder = project.character_dir(character)
-    return {name for name in CACHE_FILES if (folder / name).exists()}
-
-
-def leftovers(project: FakeProject, character: str | None = None) -> list[Path]:
-    runs = project.character_dir(character) / ".nerfcache" / "runs"
-    return sorted(runs.iterdir()) if runs.exists() else []
-
-
-def build_lock_is_free(project: FakeProject, character: str | None = None) -> bool:
-    lock = FileLock(project.character_dir(character) / ".nerfcache" / "build.lock")
-    try:
-        lock.acquire(timeout=0)
-    except TimeoutError:
-        return False
-    lock.release()
-    return True
-
-
 # -- cold, warm, and what a call returns --
 
 
@@ -90,7 +76,7 @@ def test_cold_then_warm_skips_pti_and_fitting(nerf_project: FakeProject) -> None
     assert first.published == (*PTI_FILES, "fitted_coeffs.pt")
     assert second.published == ()
     assert published(nerf_project) == set(CACHE_FILES)
-    assert leftovers(nerf_project) == []
+    assert staging_left(nerf_project) == []
 
 
 def test_result_fields(nerf_project: FakeProject) -> None:
@@ -290,7 +276,7 @@ def test_killed_while_saving_then_a_clean_rebuild(nerf_project, victim: str) -> 
     # Nothing truncated was published; a complete PTI group was (if the kill came later).
     expected = set(PTI_FILES) if victim == "fitted_coeffs.pt" else set()
     assert published(nerf_project) == expected
-    assert leftovers(nerf_project) == []
+    assert staging_left(nerf_project) == []
 
     result = generate(nerf_project, "2")
     assert result
@@ -357,8 +343,8 @@ def test_eight_threads_on_a_cold_character_run_pti_once(nerf_project: FakeProjec
     assert sum(c.computed("pti") for c in calls) == 1
     assert sum(c.computed("fitting") for c in calls) == 1
     assert sum(r.cache_hit for r in results) == 7
-    assert leftovers(nerf_project) == []
-    assert build_lock_is_free(nerf_project)
+    assert staging_left(nerf_project) == []
+    assert lock_is_free(nerf_project.character_dir() / ".nerfcache" / "build.lock")
 
 
 WORKER = """
@@ -370,13 +356,8 @@ print(json.dumps({"ok": result.ok, "hit": result.cache_hit}))
 
 
 def test_four_processes_on_a_cold_character_run_pti_once(nerf_project: FakeProject) -> None:
-    env = {
-        **os.environ,
-        "NERFCACHE_PROJECT_ROOT": str(nerf_project.root),
-        "NERFCACHE_EXTRA_ENV": json.dumps(
-            {**nerf_project.settings.extra_env, "FAKE_NERF_PTI_S": "0.3"}
-        ),
-    }
+    slow = {**nerf_project.settings.extra_env, "FAKE_NERF_PTI_S": "0.3"}
+    env = worker_env(nerf_project, extra_env=json.dumps(slow))
     procs = [
         subprocess.Popen(
             [
@@ -441,8 +422,8 @@ def test_timeout_kills_the_process_group(nerf_project: FakeProject) -> None:
     assert isinstance(child, int)
     assert wait_until(lambda: process_gone(call.pid) and process_gone(child))
     assert published(nerf_project) == set()
-    assert leftovers(nerf_project) == []
-    assert build_lock_is_free(nerf_project)
+    assert staging_left(nerf_project) == []
+    assert lock_is_free(nerf_project.character_dir() / ".nerfcache" / "build.lock")
 
 
 def test_settings_timeout_applies(nerf_project: FakeProject) -> None:
@@ -467,7 +448,7 @@ def test_cancel_from_another_thread(nerf_project: FakeProject) -> None:
     assert info.value.result.returncode is None
     # PTI finished before the cancel: kept, fifteen GPU minutes not thrown away.
     assert published(nerf_project) == set(PTI_FILES)
-    assert leftovers(nerf_project) == []
+    assert staging_left(nerf_project) == []
     (call,) = nerf_project.calls()
     assert wait_until(lambda: process_gone(call.pid))
 
@@ -569,8 +550,8 @@ def test_a_conda_python_that_cannot_run_names_the_setting(nerf_project) -> None:
     nerf_project.settings.conda_python.chmod(0o644)
     with pytest.raises(ConfigurationError, match="NERFCACHE_CONDA_PYTHON"):
         generate(nerf_project)
-    assert leftovers(nerf_project) == []
-    assert build_lock_is_free(nerf_project)
+    assert staging_left(nerf_project) == []
+    assert lock_is_free(nerf_project.character_dir() / ".nerfcache" / "build.lock")
 
 
 def test_output_path_that_is_a_file(nerf_project: FakeProject) -> None:

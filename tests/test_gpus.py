@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from nerfcache import (
 )
 from nerfcache.gpus import gpu_slot
 from nerfcache.testing import FakeCall, FakeProject
-from tests.conftest import wait_until
+from tests.conftest import staging_left, wait_until, worker_env
 
 
 def most_at_once(calls: list[FakeCall]) -> int:
@@ -104,14 +103,8 @@ with ThreadPoolExecutor(3) as pool:
 
 def test_two_processes_share_one_slot(nerf_project: FakeProject) -> None:
     warm_up(nerf_project)
-    env = {
-        **os.environ,
-        "NERFCACHE_PROJECT_ROOT": str(nerf_project.root),
-        "NERFCACHE_GPUS": "3",
-        "NERFCACHE_EXTRA_ENV": json.dumps(
-            {**nerf_project.settings.extra_env, "FAKE_NERF_RENDER_S": "0.05"}
-        ),
-    }
+    fast = {**nerf_project.settings.extra_env, "FAKE_NERF_RENDER_S": "0.05"}
+    env = worker_env(nerf_project, gpus="3", extra_env=json.dumps(fast))
     procs = [
         subprocess.Popen(
             [
@@ -167,8 +160,7 @@ def test_a_busy_host_reports_queued_and_cancels_cleanly(nerf_project: FakeProjec
         slot.release()
     assert len(errors) == 1
     assert len(nerf_project.calls()) == 1  # only the warm-up ran
-    runs = nerf_project.character_dir() / ".nerfcache" / "runs"
-    assert list(runs.iterdir()) == []
+    assert staging_left(nerf_project) == []
 
 
 def test_a_freed_slot_lets_the_queued_run_go(nerf_project: FakeProject) -> None:
