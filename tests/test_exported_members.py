@@ -9,6 +9,7 @@ import pytest
 import nerfcache
 
 MODULES = [
+    "archive",
     "cache",
     "characters",
     "cli",

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from loguru import logger
 
-from nerfcache.cache import CacheStatus, CharacterCache, Fingerprint, Manifest
+from nerfcache.archive import ArchiveManifest, Imported, export_cache, import_cache
+from nerfcache.cache import (
+    CacheInfo,
+    CacheStatus,
+    CharacterCache,
+    Finding,
+    Fingerprint,
+    Manifest,
+    Pruning,
+    Verification,
+    list_caches,
+    prune,
+)
 from nerfcache.config import Settings, get_settings
 from nerfcache.errors import (
     ConfigurationError,
@@ -26,24 +38,34 @@ from nerfcache.launch import LaunchPlan
 from nerfcache.progress import ProgressEvent
 
 __all__ = [
+    "ArchiveManifest",
+    "CacheInfo",
     "CacheStatus",
     "CharacterCache",
     "ConfigurationError",
+    "Finding",
     "Fingerprint",
     "GenerationCancelled",
     "GenerationError",
     "GenerationResult",
     "GenerationTimeout",
+    "Imported",
     "InvalidInputError",
     "LaunchPlan",
     "Manifest",
     "MissingFileError",
     "NerfCacheError",
     "ProgressEvent",
+    "Pruning",
     "Settings",
+    "Verification",
     "agenerate_video",
+    "export_cache",
     "generate_video",
     "get_settings",
+    "import_cache",
+    "list_caches",
+    "prune",
     "stream_video",
     "warm",
 ]

@@ -145,35 +145,61 @@ class Manifest(BaseModel):
 # -- hashing -------------------------------------------------------------------------------
 
 _digests: dict[tuple[str, int, int, int], str] = {}
+_remembered: set[tuple[Path, tuple[str, int, int, int]]] = set()  # (memo, key) on file
 _digests_lock = threading.Lock()
 
 
-def file_sha256(path: Path, *, memo: Path | None = None) -> str:
-    """Return the sha256 of ``path``'s bytes, computed once per file version.
+class _Digests:
+    """sha256 of files, computed once per file version (path, size, mtime, inode).
 
-    A version is (path, size, mtime, inode); results are remembered in this process and, when
-    ``memo`` names a JSON file, across processes, so a GB network pickle is read once.
+    Remembered in this process and, when ``memo`` names a JSON file, across processes, so a
+    GB network pickle is read once. One instance can serve many files (a listing) and write
+    the memo once, with ``save``.
     """
-    stat = path.stat()
-    real = str(path.resolve())
-    key = (real, stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    with _digests_lock:
-        if key in _digests:
-            return _digests[key]
-    version = list(key[1:])
-    stored = _read_json(memo) if memo else None
-    record = stored.get(real) if isinstance(stored, dict) else None
-    if isinstance(record, dict) and record.get("version") == version:
-        digest = str(record["sha256"])
-    else:
-        digest = _sha256(path)
-        if memo:
-            stored = stored if isinstance(stored, dict) else {}
-            stored[real] = {"version": version, "sha256": digest}
+
+    def __init__(self, memo: Path | None) -> None:
+        self._memo = memo
+        self._stored: dict[str, object] | None = None  # read on the first miss
+        self._new: dict[str, object] = {}
+
+    def of(self, path: Path) -> str:
+        """Return the sha256 of ``path``'s bytes."""
+        stat = path.stat()
+        real = str(path.resolve())
+        key = (real, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        with _digests_lock:
+            digest = _digests.get(key)
+            if digest is not None and (self._memo is None or (self._memo, key) in _remembered):
+                return digest
+        if self._stored is None:
+            stored = _read_json(self._memo) if self._memo else None
+            self._stored = stored if isinstance(stored, dict) else {}
+        record = self._stored.get(real)
+        if isinstance(record, dict) and record.get("version") == list(key[1:]):
+            digest = str(record["sha256"])
+        else:
+            digest = digest or _sha256(path)
+            self._new[real] = {"version": list(key[1:]), "sha256": digest}
+        with _digests_lock:
+            _digests[key] = digest
+            if self._memo is not None:
+                _remembered.add((self._memo, key))
+        return digest
+
+    def save(self) -> None:
+        """Add the hashes computed since the last save to the memo file."""
+        if self._memo and self._new:
+            stored = _read_json(self._memo)
             # Concurrent writers may drop each other's entries: that costs a re-hash, no more.
-            _write_json(memo, stored)
-    with _digests_lock:
-        _digests[key] = digest
+            _write_json(self._memo, {**(stored if isinstance(stored, dict) else {}), **self._new})
+            self._new = {}
+
+
+def file_sha256(path: Path, *, memo: Path | None = None) -> str:
+    """Return the sha256 of ``path``'s bytes, computed once per file version (see ``_Digests``)."""
+    digests = _Digests(memo)
+    digest = digests.of(path)
+    digests.save()
     return digest
 
 
@@ -415,6 +441,8 @@ class CharacterCache:
         network = resolve_model(self.settings, model_name) if model_name else None
         if not self.path.is_dir():
             return Verification(self.character, CacheStatus.COLD, (), None)
+        if fix:
+            self._refuse_links()
         with self.state_lock() if fix else contextlib.nullcontext():
             if fix:
                 self._recover()
@@ -449,6 +477,7 @@ class CharacterCache:
         """
         if not self.path.is_dir():
             return 0
+        self._refuse_links()
         with self.state_lock(), self._exclusive():
             before = self._footprint()
             for path in [*(self.path / name for name in CACHE_FILES), *_byproducts(self.path)]:
@@ -512,6 +541,7 @@ class CharacterCache:
         the cache under it, and a crash leaves a dead run that the next check-out reaps.
         """
         run_id = f"import-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._refuse_links()
         with self.state_lock():  # staging dirs appear under the state lock, as in checkout
             staging = Staging(self, run_id, fingerprint, CacheStatus.COLD, CacheStatus.COLD)
         try:
@@ -713,6 +743,18 @@ class CharacterCache:
             yield
         finally:
             building.release()
+
+    def _refuse_links(self) -> None:
+        """Refuse to change a cache whose ``.nerfcache`` (or ``runs/``) is a symbolic link.
+
+        Clean-ups delete what is inside them: through a link, that is someone else's folder.
+        """
+        for path in (self.meta, self.meta / "runs"):
+            if path.is_symlink():
+                raise NerfCacheError(
+                    f"{path} is a symbolic link: nerfcache does not change a cache through it;"
+                    " remove the link"
+                )
 
     def _live_runs(self, *, exclude: str | None = None) -> int:
         runs = self.meta / "runs"
@@ -1130,32 +1172,6 @@ def _choose(
 
 def _last_used(info: CacheInfo) -> datetime:
     return info.last_used_at or info.built_at or datetime.min.replace(tzinfo=timezone.utc)
-
-
-class _Digests:
-    """The hash memo read once for a whole listing (``file_sha256`` reads it on every call)."""
-
-    def __init__(self, memo: Path) -> None:
-        stored = _read_json(memo)
-        self._memo = memo
-        self._stored = stored if isinstance(stored, dict) else {}
-        self._new: dict[str, object] = {}
-
-    def of(self, path: Path) -> str:
-        stat = path.stat()
-        real = str(path.resolve())
-        version = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
-        record = self._stored.get(real)
-        if isinstance(record, dict) and record.get("version") == version:
-            return str(record["sha256"])
-        digest = file_sha256(path)
-        self._new[real] = {"version": version, "sha256": digest}
-        return digest
-
-    def save(self) -> None:
-        if self._new:
-            stored = _read_json(self._memo)
-            _write_json(self._memo, {**(stored if isinstance(stored, dict) else {}), **self._new})
 
 
 def _held(path: Path) -> bool:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from loguru import logger
 
-from nerfcache.cache import CacheStatus, CharacterCache, Fingerprint
+from nerfcache.cache import CacheStatus, CharacterCache, Fingerprint, digest_memo
 from nerfcache.characters import (
     find_test_image,
     resolve_audio,
@@ -127,8 +127,7 @@ def _check_inputs(
             field="output_path",
             value=output_path,
         )
-    memo = settings.cache_root / ".nerfcache" / "digests.json"
-    fingerprint = Fingerprint.of(image, network, settings.trunc, memo=memo)
+    fingerprint = Fingerprint.of(image, network, settings.trunc, memo=digest_memo(settings))
     return _Inputs(character, script, cache_capable, audio, image, network, output_dir, fingerprint)
 
 
