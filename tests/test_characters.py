@@ -92,6 +92,13 @@ class TestFindTestImage:
         (folder / "images" / "0-notes.txt").write_text("not an image")
         assert find_test_image(s, "rei") == folder / "images" / "a.jpg"
 
+    def test_byproducts_of_the_old_launcher_are_not_portraits(self, tmp_path) -> None:
+        s = Settings(project_root=tmp_path)
+        folder = s.cache_root / "rei"
+        for name in ("fitted_img_0.png", "img_tesnor_224_resize_prc.png", "rei.png"):
+            write_png(folder / name, (1, 2, 3))
+        assert find_test_image(s, "rei") == folder / "rei.png"
+
     def test_nothing_found_says_where_to_put_it(self, tmp_path) -> None:
         s = Settings(project_root=tmp_path)
         with pytest.raises(MissingFileError, match=r"put a \.jpg or \.png in") as info:
@@ -147,6 +154,10 @@ class TestResolveAudio:
             (tmp_path / "a.wav").mkdir()
         with pytest.raises(MissingFileError, match=message):
             resolve_audio(tmp_path / "a.wav")
+
+    def test_a_name_too_long_for_the_filesystem(self, tmp_path) -> None:
+        with pytest.raises(MissingFileError, match="cannot be read"):
+            resolve_audio(tmp_path / ("a" * 300 + ".wav"))
 
     def test_nul_byte(self) -> None:
         with pytest.raises(InvalidInputError, match="NUL"):

@@ -11,7 +11,6 @@ from filelock import FileLock
 import nerfcache.cache
 from nerfcache import CacheStatus, CharacterCache, Fingerprint, InvalidInputError, NerfCacheError
 from nerfcache.cache import (
-    BYPRODUCTS,
     CACHE_FILES,
     PTI_FILES,
     CacheInfo,
@@ -19,7 +18,7 @@ from nerfcache.cache import (
     list_caches,
     prune,
 )
-from nerfcache.characters import find_test_image
+from nerfcache.characters import BYPRODUCTS, find_test_image
 from nerfcache.testing import FakeProject, write_png
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import fnmatch
 import hashlib
 import json
 import os
@@ -39,9 +38,10 @@ from filelock import FileLock, Timeout
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from nerfcache.characters import character_dir, find_test_image, resolve_model
+from nerfcache.characters import character_dir, find_test_image, is_byproduct, resolve_model
 from nerfcache.config import Settings
 from nerfcache.errors import (
+    ConfigurationError,
     GenerationCancelled,
     InvalidInputError,
     MissingFileError,
@@ -49,7 +49,6 @@ from nerfcache.errors import (
 )
 
 __all__ = [
-    "BYPRODUCTS",
     "CACHE_FILES",
     "FIT_FILES",
     "PTI_FILES",
@@ -191,7 +190,10 @@ class _Digests:
         if self._memo and self._new:
             stored = _read_json(self._memo)
             # Concurrent writers may drop each other's entries: that costs a re-hash, no more.
-            _write_json(self._memo, {**(stored if isinstance(stored, dict) else {}), **self._new})
+            # The memo only saves time: a folder that cannot take it costs re-hashing too.
+            with contextlib.suppress(OSError):
+                merged = {**(stored if isinstance(stored, dict) else {}), **self._new}
+                _write_json(self._memo, merged)
             self._new = {}
 
 
@@ -277,6 +279,7 @@ class CharacterCache:
         then hard-link what is published into a new private staging dir.
         """
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._refuse_links()
         with self.state_lock():
             self._reap_dead_runs()
             self._recover()
@@ -745,15 +748,16 @@ class CharacterCache:
             building.release()
 
     def _refuse_links(self) -> None:
-        """Refuse to change a cache whose ``.nerfcache`` (or ``runs/``) is a symbolic link.
+        """Refuse a cache whose ``.nerfcache`` (or a folder in it) is a symbolic link.
 
-        Clean-ups delete what is inside them: through a link, that is someone else's folder.
+        Runs write and clean-ups delete inside them: through a link, that is someone else's
+        folder.
         """
-        for path in (self.meta, self.meta / "runs"):
+        for path in (self.meta, *(self.meta / d for d in ("runs", "generations", "quarantine"))):
             if path.is_symlink():
                 raise NerfCacheError(
-                    f"{path} is a symbolic link: nerfcache does not change a cache through it;"
-                    " remove the link"
+                    f"{path} is a symbolic link: nerfcache does not use or change a cache"
+                    " through it; remove the link"
                 )
 
     def _live_runs(self, *, exclude: str | None = None) -> int:
@@ -786,7 +790,15 @@ class CharacterCache:
         return self.meta / "manifest.pending.json"
 
     def _meta_dir(self) -> Path:
-        self.meta.mkdir(parents=True, exist_ok=True)
+        try:
+            self.meta.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigurationError(
+                f"cannot create {self.meta} ({error.strerror}): cache_root must be a writable"
+                " folder; set cache_root (environment variable NERFCACHE_CACHE_ROOT)",
+                setting="cache_root",
+                path=self.meta,
+            ) from error
         return self.meta
 
     def _new_manifest(
@@ -972,12 +984,6 @@ class Staging:
 
 
 # -- management ----------------------------------------------------------------------------
-
-BYPRODUCTS = ("output_from_w_pivot_w_G_PTI.png", "img_tesnor_224_resize_prc.png")
-"""PNGs the cache-capable script writes into its cache dir on every run, with
-``fitted_img_*.png``. The original launcher's cache dir was the character folder, so they are
-found there; ``clear`` removes them."""
-BYPRODUCT_PATTERN = "fitted_img_*.png"
 
 FindingLevel = Literal["ok", "warning", "error"]
 
@@ -1192,12 +1198,7 @@ def _held(path: Path) -> bool:
 def _byproducts(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(
-        path
-        for path in folder.iterdir()
-        if (path.name in BYPRODUCTS or fnmatch.fnmatchcase(path.name, BYPRODUCT_PATTERN))
-        and path.is_file()
-    )
+    return sorted(path for path in folder.iterdir() if is_byproduct(path.name) and path.is_file())
 
 
 def _subdirs(folder: Path) -> tuple[str, ...]:

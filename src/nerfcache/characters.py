@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import unicodedata
 from pathlib import Path
 
@@ -9,16 +10,28 @@ from nerfcache.config import Settings
 from nerfcache.errors import InvalidInputError, MissingFileError
 
 __all__ = [
+    "BYPRODUCTS",
     "IMAGE_SUFFIXES",
     "character_dir",
     "find_test_image",
+    "is_byproduct",
     "resolve_audio",
     "resolve_model",
     "validate_character",
 ]
 
 MAX_NAME_LENGTH = 128
+MAX_NAME_BYTES = 255  # what most filesystems take for one name
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+BYPRODUCTS = ("output_from_w_pivot_w_G_PTI.png", "img_tesnor_224_resize_prc.png")
+"""PNGs the cache-capable script writes into its cache dir on every run, with
+``fitted_img_*.png``. The original launcher's cache dir was the character folder, so they are
+found there: never a portrait, and ``clear`` removes them."""
+
+
+def is_byproduct(name: str) -> bool:
+    """Whether ``name`` is one of the PNGs the NeRF script leaves in its cache dir."""
+    return name in BYPRODUCTS or fnmatch.fnmatchcase(name, "fitted_img_*.png")
 
 
 def validate_character(name: str) -> str:
@@ -50,6 +63,8 @@ def _check_component(name: object, *, field: str) -> None:
         raise bad("it must not start or end with white space")
     if any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
         raise bad("it contains control characters")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise bad(f"it takes more than {MAX_NAME_BYTES} bytes in UTF-8, too long for a file name")
 
 
 def character_dir(settings: Settings, character: str) -> Path:
@@ -87,7 +102,9 @@ def find_test_image(
     for place in (folder / "images", folder):
         if place.is_dir():
             images = sorted(
-                p for p in place.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                p
+                for p in place.iterdir()
+                if p.suffix.lower() in IMAGE_SUFFIXES and not is_byproduct(p.name) and p.is_file()
             )
             if images:
                 return images[0].absolute()
@@ -126,7 +143,10 @@ def resolve_audio(audio_path: Path | str) -> Path:
 def _existing_file(path: Path, *, what: str) -> Path:
     if "\0" in str(path):
         raise InvalidInputError(f"{what} path {str(path)!r} contains a NUL byte", value=path)
-    if not path.is_file():
+    try:
+        if path.is_file():
+            return path.absolute()
         problem = "is not a regular file" if path.exists() else "does not exist"
-        raise MissingFileError(f"{what} {str(path)!r} {problem}", path=path)
-    return path.absolute()
+    except OSError as error:  # a name too long for the filesystem, for one
+        problem = f"cannot be read ({error.strerror})"
+    raise MissingFileError(f"{what} {str(path)!r} {problem}", path=path)
