@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from nerfcache import (
     CacheStatus,
@@ -20,6 +21,7 @@ from nerfcache import (
     GenerationTimeout,
     InvalidInputError,
     MissingFileError,
+    ProgressEvent,
     generate_video,
 )
 from nerfcache.cache import CACHE_FILES, PTI_FILES
@@ -226,6 +228,64 @@ def test_only_the_configured_number_of_generations_is_kept(nerf_project) -> None
         generate(nerf_project, str(shade))
     generations = nerf_project.character_dir() / ".nerfcache" / "generations"
     assert len(list(generations.iterdir())) == nerf_project.settings.keep_generations
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_switching_back_restores_even_the_oldest_kept_generation(nerf_project, keep: int) -> None:
+    settings = nerf_project.settings.model_copy(update={"keep_generations": keep})
+    portrait = nerf_project.character_dir() / "images" / "portrait.png"
+    shades = [(1, 1, 1), (2, 2, 2), (3, 3, 3)][: keep + 1]
+    for shade in shades:
+        write_png(portrait, shade)
+        generate(nerf_project, str(shade), settings=settings)
+    write_png(portrait, shades[0])  # back to the first, now the oldest kept
+    assert generate(nerf_project, "back", settings=settings).cache_hit
+    assert sum(c.computed("pti") for c in nerf_project.calls()) == len(shades)
+
+
+def test_a_portrait_replaced_while_the_run_waited_is_refused(nerf_project: FakeProject) -> None:
+    generate(nerf_project, "1")
+    portrait = nerf_project.character_dir() / "images" / "portrait.png"
+
+    settings = nerf_project.settings.model_copy(update={"gpus": "0"})
+    slot = settings.cache_root / ".nerfcache" / "gpu-slots" / "gpu0-slot0.lock"
+    events: list[ProgressEvent] = []
+    errors: list[BaseException] = []
+    held = FileLock(slot)
+    held.acquire()
+
+    def run() -> None:
+        try:
+            generate(nerf_project, "2", settings=settings, on_progress=events.append)
+        except InvalidInputError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert wait_until(lambda: any(e.stage == "queued" for e in events))
+        write_png(portrait, (0, 255, 0))  # the user replaces the portrait meanwhile
+    finally:
+        held.release()
+    thread.join(30)
+    assert len(errors) == 1
+    assert "changed while this run waited" in str(errors[0])
+    assert len(nerf_project.calls()) == 1  # nothing was run on the new face under the old hash
+
+
+def test_an_error_in_a_callback_still_keeps_finished_pti_work(nerf_project: FakeProject) -> None:
+    def on_line(line: str) -> None:
+        if line == "rigid fitting":  # PTI is saved; the fit has begun
+            raise RuntimeError("the caller's callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        generate(
+            nerf_project, settings=nerf_project.with_env(FAKE_NERF_FIT_S="60"), on_line=on_line
+        )
+    assert published(nerf_project) == set(PTI_FILES)
+    assert staging_left(nerf_project) == []
+    (call,) = nerf_project.calls()
+    assert wait_until(lambda: process_gone(call.pid))
 
 
 def test_a_changed_trunc_is_another_cache(nerf_project: FakeProject) -> None:

@@ -350,7 +350,7 @@ class CharacterCache:
         self, fingerprint: Fingerprint, status: CacheStatus, *, image: Path, network: Path
     ) -> CacheStatus:
         if status is CacheStatus.STALE:
-            self._set_aside()
+            self._set_aside(prune=False)  # after the restore: the one wanted may be the oldest
         elif status is CacheStatus.PARTIAL:
             self._quarantine("partial")
         elif status is CacheStatus.LEGACY:
@@ -363,6 +363,8 @@ class CharacterCache:
             self._write_manifest(self._new_manifest(fingerprint, files, image, network))
         if self.status(fingerprint) is CacheStatus.COLD:
             self._restore(fingerprint)
+        if (self.meta / "generations").is_dir():
+            _keep_newest(self.meta / "generations", self.keep_generations)
         return self.status(fingerprint)
 
     def publish(self, staging: Staging, *, image: Path, network: Path) -> tuple[str, ...]:
@@ -405,11 +407,8 @@ class CharacterCache:
             if not new:
                 return ()
             files.update({name: _size(staging.path / name) or 0 for name in new})
-            pending = self._new_manifest(fingerprint, files, image, network, base=manifest)
-            _write_json(self._pending_path, pending.model_dump(mode="json"))
-            for name in new:
-                os.replace(staging.path / name, self.path / name)
-            os.replace(self._pending_path, self.manifest_path)
+            new_manifest = self._new_manifest(fingerprint, files, image, network, base=manifest)
+            self._commit(new_manifest, staging.path, new)
         self._log.info("published {} to {}", ", ".join(new), self.path)
         return tuple(new)
 
@@ -581,10 +580,7 @@ class CharacterCache:
                 self._set_aside()
             elif replaced is not CacheStatus.COLD:
                 self._quarantine("replaced")
-            _write_json(self._pending_path, manifest.model_dump(mode="json"))
-            for name in manifest.files:
-                os.replace(staging.path / name, self.path / name)
-            os.replace(self._pending_path, self.manifest_path)
+            self._commit(manifest, staging.path, manifest.files)
         self._log.info("installed {} in {}", ", ".join(manifest.files), self.path)
         return replaced
 
@@ -835,8 +831,13 @@ class CharacterCache:
         else:
             self._pending_path.unlink()
 
-    def _set_aside(self) -> None:
-        """Move the published cache to ``generations/<key>``: files first, manifest last."""
+    def _set_aside(self, *, prune: bool = True) -> None:
+        """Move the published cache to ``generations/<key>``.
+
+        The generation gets its manifest first and the folder loses its own last, so a crash
+        midway leaves a generation that the files complete and a folder whose manifest no
+        longer matches its files (partial: quarantined, never used).
+        """
         manifest = self.manifest()
         if manifest is None:
             return
@@ -844,11 +845,13 @@ class CharacterCache:
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
+        _write_json(target / "manifest.json", manifest.model_dump(mode="json"))
         for name in manifest.files:
             os.replace(self.path / name, target / name)
-        os.replace(self.manifest_path, target / "manifest.json")
+        self.manifest_path.unlink()
         self._log.info("set aside the cache of another image, network or trunc as {}", target.name)
-        _keep_newest(target.parent, self.keep_generations)
+        if prune:
+            _keep_newest(target.parent, self.keep_generations)
 
     def _restore(self, fingerprint: Fingerprint) -> None:
         """Bring back a set-aside generation built for ``fingerprint``, if one is complete."""
@@ -858,13 +861,20 @@ class CharacterCache:
             return
         if any(_size(source / name) != size for name, size in manifest.files.items()):
             return
-        pending = manifest.model_copy(update={"last_used_at": _now()})
-        _write_json(self._pending_path, pending.model_dump(mode="json"))
-        for name in manifest.files:
-            os.replace(source / name, self.path / name)
-        os.replace(self._pending_path, self.manifest_path)
+        self._commit(manifest.model_copy(update={"last_used_at": _now()}), source, manifest.files)
         shutil.rmtree(source)
         self._log.info("restored the set-aside cache {}", fingerprint.key)
+
+    def _commit(self, manifest: Manifest, source: Path, names: Iterable[str]) -> None:
+        """Move ``names`` from ``source`` into the folder, then make ``manifest`` the manifest.
+
+        Through a pending manifest, so that ``_recover`` completes or drops a commit that a
+        crash interrupted.
+        """
+        _write_json(self._pending_path, manifest.model_dump(mode="json"))
+        for name in names:
+            os.replace(source / name, self.path / name)
+        os.replace(self._pending_path, self.manifest_path)
 
     def _quarantine(self, reason: str) -> None:
         """Move every cache file and the manifest to ``quarantine/``; user files stay."""

@@ -103,6 +103,21 @@ class _Inputs:
     network: Path
     output_dir: Path
     fingerprint: Fingerprint
+    versions: tuple[tuple[int, int], tuple[int, int]]
+    """(size, mtime) of the portrait and the network when they were hashed."""
+
+    def changed(self, image: Path) -> str | None:
+        """Which input changed since it was hashed (``image``: the run's copy), or None."""
+        if _version(image) != self.versions[0]:
+            return f"the portrait {self.image}"
+        if _version(self.network) != self.versions[1]:
+            return f"the network {self.network}"
+        return None
+
+
+def _version(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return (stat.st_size, stat.st_mtime_ns)
 
 
 def _check_inputs(
@@ -127,8 +142,11 @@ def _check_inputs(
             field="output_path",
             value=output_path,
         )
+    versions = (_version(image), _version(network))
     fingerprint = Fingerprint.of(image, network, settings.trunc, memo=digest_memo(settings))
-    return _Inputs(character, script, cache_capable, audio, image, network, output_dir, fingerprint)
+    return _Inputs(
+        character, script, cache_capable, audio, image, network, output_dir, fingerprint, versions
+    )
 
 
 def generate_video(
@@ -264,21 +282,36 @@ def _run(
             ) as gpu,
             _shell_safe(staging.path) as workdir,
         ):
+            # The scripts paste the audio path into a shell command unquoted: stage it (and
+            # the portrait, whose copy is then what the run uses) under plain names.
+            portrait = staging.path / staging.add_input(image, "portrait")
             plan = plan_launch(
                 settings,
                 script=inputs.script,
                 cache_capable=inputs.cache_capable,
                 outdir=workdir,
-                # The scripts paste the audio path into a shell command unquoted: stage it
-                # (and the portrait) under plain names in the plain workdir.
                 audio=workdir / staging.add_input(inputs.audio, "audio"),
-                image=workdir / staging.add_input(image, "portrait"),
+                image=workdir / portrait.name,
                 network=network,
                 gpu=gpu,
             )
+            if changed := inputs.changed(portrait):
+                # The cache would be recorded under the hash of what the run did not use.
+                raise InvalidInputError(
+                    f"{changed} changed while this run waited; nothing was run: try again",
+                    field="inputs",
+                    value=changed,
+                )
             tracker.stage("loading", "starting the NeRF script")
-            outcome = run_plan(plan, timeout=timeout, cancel=cancel, on_line=line, log=log)
-        published = cache.publish(staging, image=image, network=network)
+            try:
+                outcome = run_plan(plan, timeout=timeout, cancel=cancel, on_line=line, log=log)
+            finally:
+                # Also when the run was interrupted: finished PTI work is worth keeping.
+                if changed := inputs.changed(portrait):
+                    log.warning("{} changed during the run: nothing published", changed)
+                    published: tuple[str, ...] = ()
+                else:
+                    published = cache.publish(staging, image=image, network=network)
         video = staging.path / VIDEO_NAME
         # Exit 0 is not enough: the scripts ignore ffmpeg's failure.
         ok = outcome.returncode == 0 and video.is_file() and video.stat().st_size > 0
