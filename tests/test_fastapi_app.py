@@ -154,3 +154,15 @@ def test_unknown_video_is_404(nerf_project, tmp_path) -> None:
             assert (await client.request(method, f"/videos/nope{path}")).status_code == 404
 
     serve(nerf_project.settings, tmp_path / "data", test)
+
+
+def test_a_broken_installation_fails_the_job_instead_of_hanging_it(nerf_project, tmp_path) -> None:
+    nerf_project.settings.conda_python.unlink()
+
+    async def test(client: Client) -> None:
+        job_id = (await post(client, nerf_project)).json()["id"]
+        name, view = (await sse(client, job_id))[-1]
+        assert name == "failed"
+        assert "NERFCACHE_CONDA_PYTHON" in view["error"]
+
+    serve(nerf_project.settings, tmp_path / "data", test)

@@ -27,7 +27,6 @@ from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 
 from nerfcache import (
-    GenerationError,
     InvalidInputError,
     MissingFileError,
     ProgressEvent,
@@ -159,7 +158,7 @@ async def _run(job: Job, audio: Path, settings: Settings) -> None:
     except asyncio.CancelledError:
         job.finish("cancelled")
         raise
-    except GenerationError as error:
+    except Exception as error:  # noqa: BLE001 - any failure must end the job, not hang it
         job.finish("failed", str(error))
     else:
         if result:

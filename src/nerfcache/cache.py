@@ -934,7 +934,8 @@ class Staging:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Held for the run's life: a free lock tells _reap_dead_runs that the run is gone.
         self._lock = FileLock(self.path.with_suffix(".lock"))
-        self._lock.acquire(timeout=0)
+        # Nobody else takes a new run's lock, but a listing may probe it for an instant.
+        self._lock.acquire(timeout=5)
         self.path.mkdir()
         self._seeded: dict[str, tuple[int, int, int]] = {}
         self._sources: dict[str, tuple[int, int, int]] = {}

@@ -240,7 +240,13 @@ def _die_with_parent() -> tuple[str, ...]:
     process; Python's ``preexec_fn`` could do the same but is unsafe in threaded programs.
     """
     setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
-    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
+    if setpriv is None:
+        return ()
+    # util-linux before 2.33 has setpriv without --pdeathsig.
+    help_text = subprocess.run(
+        [setpriv, "--help"], capture_output=True, text=True, check=False, timeout=10
+    ).stdout
+    return (setpriv, "--pdeathsig", "KILL", "--") if "--pdeathsig" in help_text else ()
 
 
 def _terminate_group(proc: subprocess.Popen[bytes]) -> None:
