@@ -211,7 +211,7 @@ def warm_command(
                 before = warm(
                     character, model, settings=settings, test_image=image, timeout=timeout
                 )
-        except NerfCacheError as error:
+        except (NerfCacheError, OSError) as error:  # one failure does not stop the others
             bad_input = isinstance(error, (InvalidInputError, MissingFileError))
             code = max(code, 2 if bad_input else 1)
             typer.echo(f"{character}: failed: {_describe(error)}", err=True)
