@@ -1294,11 +1294,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _is_complete_zip(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return bool(archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
+    return _zip_problem(path, deep=False) is None
 
 
 def _read_json(path: Path) -> object:
