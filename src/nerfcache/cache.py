@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 from filelock import FileLock, Timeout
 from loguru import logger
@@ -263,11 +263,11 @@ class CharacterCache:
 
     def state_lock(self) -> FileLock:
         """A short lock around every change to the published files and the manifest."""
-        return FileLock(self._meta_dir() / "state.lock")
+        return _Lock(self._meta_dir() / "state.lock")
 
     def build_lock(self) -> FileLock:
         """A long lock held by the one run that builds this character's cache (single-flight)."""
-        return FileLock(self._meta_dir() / "build.lock")
+        return _Lock(self._meta_dir() / "build.lock")
 
     # - runs -
 
@@ -908,6 +908,28 @@ class CharacterCache:
         for stray in runs.iterdir():
             if stray.is_dir() and not stray.with_suffix(".lock").exists():
                 shutil.rmtree(stray, ignore_errors=True)
+
+
+class _Lock(FileLock):
+    """A FileLock whose lock file cannot be opened is a configuration problem, said as one.
+
+    That happens when cache_root is read-only, or when its caches belong to another user (a
+    ``nerfcache warm`` run as root before the web app runs as www-data).
+    """
+
+    def acquire(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().acquire(*args, **kwargs)
+        except Timeout:
+            raise
+        except OSError as error:
+            raise ConfigurationError(
+                f"cannot open the lock {self.lock_file} ({error.strerror}): cache_root must be"
+                " writable by this user; set cache_root (environment variable"
+                " NERFCACHE_CACHE_ROOT) or fix its permissions",
+                setting="cache_root",
+                path=Path(self.lock_file),
+            ) from error
 
 
 class Staging:

@@ -277,10 +277,12 @@ def _exited(proc: subprocess.Popen[bytes]) -> bool:
 def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for the script to exit (without reaping it)."""
     deadline = time.monotonic() + timeout
+    pause = 0.0005  # an exit usually follows its pipe's end within a millisecond: start short
     while not _exited(proc):
         if time.monotonic() >= deadline:
             return False
-        time.sleep(0.01)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
     return True
 
 
