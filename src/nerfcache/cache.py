@@ -314,30 +314,19 @@ class CharacterCache:
         times. Warm runs take no build lock and run side by side. The staging dir is removed on
         the way out. Setting ``cancel`` while waiting raises ``GenerationCancelled``.
         """
+        staging = self.checkout(fingerprint, image=image, network=network)
         lock: FileLock | None = None
-        first_seen: CacheStatus | None = None
         try:
-            while True:
-                staging = self.checkout(fingerprint, image=image, network=network)
-                first_seen = first_seen or staging.status_before
-                staging.status_before = first_seen  # what the caller found, before any waiting
-                if staging.status is CacheStatus.WARM or lock is not None:
-                    break
+            if staging.status is not CacheStatus.WARM:
+                first_seen = staging.status_before
                 staging.discard()
-                building = self.build_lock()
-                if not _try_acquire(building):
-                    self._log.info("another run is building this cache: waiting for it")
-                    if on_wait is not None:
-                        on_wait()
-                    while not _try_acquire(building, LOCK_POLL_S):
-                        if cancel is not None and cancel.is_set():
-                            raise GenerationCancelled(
-                                f"cancelled while waiting for the cache of {self.character!r}"
-                            )
-                lock = building
-            if lock is not None and staging.status is CacheStatus.WARM:
-                lock.release()  # another run built it while this one waited
-                lock = None
+                lock = self._wait_for_build_lock(cancel, on_wait)
+                # Another run may have built it meanwhile: then this one runs warm.
+                staging = self.checkout(fingerprint, image=image, network=network)
+                staging.status_before = first_seen  # what the caller found, before waiting
+                if staging.status is CacheStatus.WARM:
+                    lock.release()
+                    lock = None
             try:
                 yield staging
             finally:
@@ -345,6 +334,22 @@ class CharacterCache:
         finally:
             if lock is not None:
                 lock.release()
+
+    def _wait_for_build_lock(
+        self, cancel: threading.Event | None, on_wait: Callable[[], None] | None
+    ) -> FileLock:
+        lock = self.build_lock()
+        if _try_acquire(lock):
+            return lock
+        self._log.info("another run is building this cache: waiting for it")
+        if on_wait is not None:
+            on_wait()
+        while not _try_acquire(lock, LOCK_POLL_S):
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled(
+                    f"cancelled while waiting for the cache of {self.character!r}"
+                )
+        return lock
 
     def _prepare(
         self, fingerprint: Fingerprint, status: CacheStatus, *, image: Path, network: Path
