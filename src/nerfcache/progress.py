@@ -78,7 +78,7 @@ class ProgressTracker:
         stage = self._stage_for(line)
         if stage is not None:
             self.stage(stage, line.strip())
-        match = _TQDM.search(line)
+        match = _TQDM.search(line) if "%|" in line else None
         if match and self._stage in _WEIGHTS and int(match[2]) > 0:
             fraction = min(int(match[1]) / int(match[2]), 1.0)
             self._fraction = fraction
@@ -96,7 +96,7 @@ class ProgressTracker:
             return "encoding"
         if "fitting" in line.lower() and "fitting" in self._planned:
             return "fitting"
-        if _TQDM.search(line) and self._stage == "loading" and "pti" in self._planned:
+        if self._stage == "loading" and "pti" in self._planned and _TQDM.search(line):
             return "pti"  # PTI's bar has no description: the first bar after loading
         return None
 

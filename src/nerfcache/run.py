@@ -102,7 +102,7 @@ class _Classifier:
             # A traceback ends with its unindented "SomeError: message" line.
             self._in_traceback = line[:1].isspace() or not line
             return "ERROR"
-        if _PROGRESS.search(line):
+        if _is_progress(line):
             return "DEBUG"
         if _ERROR.search(line):
             return "ERROR"
@@ -221,13 +221,18 @@ class _Run:
 
     def _emit(self, line: str, level: str) -> None:
         tail = self.tail
-        if tail and _PROGRESS.search(line) and _PROGRESS.search(tail[-1]):
+        if tail and _is_progress(line) and _is_progress(tail[-1]):
             tail[-1] = line  # keep a progress bar's latest redraw, not all of them
         else:
             tail.append(line)
         self.log.log(level, "{}", line)
         if self.on_line is not None:
             self.on_line(line)
+
+
+def _is_progress(line: str) -> bool:
+    """Whether ``line`` is a tqdm redraw (a cheap test first: this runs for every line)."""
+    return "%|" in line and _PROGRESS.search(line) is not None
 
 
 @functools.cache
