@@ -253,6 +253,23 @@ def test_extra_env_is_added_and_wins_over_the_inherited_environment(project, tmp
     assert INHERITED["TORCH_HOME"] == "/inherited/torch"  # the caller's mapping is left alone
 
 
+@pytest.mark.parametrize(("gpu", "run_id"), [(None, None), ("2", "20261130T000000-1-abcdef")])
+def test_the_gpu_and_the_run_are_named_in_the_environment(project, tmp_path, gpu, run_id) -> None:
+    settings = project.settings
+    inherited = {**INHERITED, "CUDA_VISIBLE_DEVICES": "0,1"}
+    plan = plan_launch(
+        settings,
+        script=settings.cache_script,
+        cache_capable=True,
+        environ=inherited,
+        gpu=gpu,
+        run_id=run_id,
+        **_plan_args(project, tmp_path),
+    )
+    assert plan.env["CUDA_VISIBLE_DEVICES"] == (gpu or "0,1")
+    assert plan.env.get("NERFCACHE_RUN") == run_id
+
+
 def test_the_process_environment_is_inherited_by_default(project, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("NERFCACHE_TEST_INHERITED", "yes")
     settings = project.settings

@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import threading
 import time
 import zipfile
@@ -47,6 +48,7 @@ from nerfcache.errors import (
     MissingFileError,
     NerfCacheError,
 )
+from nerfcache.launch import RUN_VARIABLE
 
 __all__ = [
     "CACHE_FILES",
@@ -905,6 +907,7 @@ class CharacterCache:
             lock = FileLock(lock_path)
             if not _try_acquire(lock):
                 continue  # a live run
+            _kill_leftovers(lock_path.stem)
             try:
                 shutil.rmtree(lock_path.with_suffix(""), ignore_errors=True)
                 lock_path.unlink(missing_ok=True)
@@ -1270,6 +1273,29 @@ def _zip_problem(path: Path, *, deep: bool = True) -> str | None:
 
 
 # -- small file helpers --------------------------------------------------------------------
+
+
+def _kill_leftovers(run_id: str) -> None:
+    """SIGKILL what a dead run left running: processes whose environment names the run.
+
+    The script dies with its launcher (``setpriv --pdeathsig``) but what it started (ffmpeg,
+    data loader workers) does not; they all inherit ``NERFCACHE_RUN``, which also makes this
+    safe against reused pids. Linux only (``/proc``); elsewhere nothing is done.
+    """
+    tag = f"{RUN_VARIABLE}={run_id}".encode()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone, or another user's
+        if tag in environ:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _try_acquire(lock: FileLock, timeout: float = 0) -> bool:

@@ -294,6 +294,7 @@ def _run(
                 image=workdir / portrait.name,
                 network=network,
                 gpu=gpu,
+                run_id=staging.run_id,
             )
             if changed := inputs.changed(portrait):
                 # The cache would be recorded under the hash of what the run did not use.

@@ -13,7 +13,11 @@ from pathlib import Path
 from nerfcache.config import Settings
 from nerfcache.errors import ConfigurationError
 
-__all__ = ["LaunchPlan", "find_script", "plan_launch"]
+__all__ = ["RUN_VARIABLE", "LaunchPlan", "find_script", "plan_launch"]
+
+RUN_VARIABLE = "NERFCACHE_RUN"
+"""Set to the run id in the script's environment, which its children inherit: what a dead
+launcher left running can be found and stopped by the next run of the character."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +67,7 @@ def plan_launch(
     image: Path,
     network: Path,
     gpu: str | None = None,
+    run_id: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> LaunchPlan:
     """Build the command for one run; ``outdir`` doubles as the cache dir where supported.
@@ -95,6 +100,8 @@ def plan_launch(
     env.update(settings.extra_env)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
+    if run_id is not None:
+        env[RUN_VARIABLE] = run_id
     return LaunchPlan(
         argv=tuple(argv),
         # The scripts open pretrained_networks/, PTI/, frames ... relative to the code folder.

@@ -291,13 +291,6 @@ def test_launcher_killed_while_the_script_runs_leaves_no_orphan(nerf_project, tm
             os.kill(script, signal.SIGKILL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: setpriv --pdeathsig kills only the script; what it started (ffmpeg, data"
-    " loader workers) outlives a SIGKILLed launcher, and nothing reaps the dead run's process"
-    " group later",
-)
 def test_launcher_killed_while_the_script_runs_leaves_no_grandchild(nerf_project, tmp_path) -> None:
     """What the script started (ffmpeg, data loader workers) must not outlive the launcher."""
     script = start_and_kill_the_launcher(nerf_project, tmp_path, FAKE_NERF_SPAWN_CHILD="1")
