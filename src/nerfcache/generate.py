@@ -93,15 +93,13 @@ class GenerationResult:
 
 @dataclasses.dataclass(frozen=True)
 class _Inputs:
-    """Everything a run needs, checked."""
+    """What a run for one character needs, checked and hashed."""
 
     character: str
     script: Path
     cache_capable: bool
-    audio: Path
     image: Path
     network: Path
-    output_dir: Path
     fingerprint: Fingerprint
     versions: tuple[tuple[int, int], tuple[int, int]]
     """(size, mtime) of the portrait and the network when they were hashed."""
@@ -121,32 +119,30 @@ def _version(path: Path) -> tuple[int, int]:
 
 
 def _check_inputs(
-    settings: Settings,
-    *,
-    audio_path: Path | str | None,
-    character: str,
-    output_path: Path | str | None,
-    model_name: str,
-    test_image: Path | str | None,
+    settings: Settings, character: str, model_name: str, test_image: Path | str | None
 ) -> _Inputs:
-    """Check the installation and every input before anything is written or started."""
+    """Check the installation, the character, its portrait and the model, then hash them.
+
+    Hashing writes the hash memo: every check of the caller's own comes first.
+    """
     script, cache_capable = find_script(settings)
     validate_character(character)
-    audio = resolve_audio(audio_path) if audio_path is not None else Path()
     image = find_test_image(settings, character, test_image)
     network = resolve_model(settings, model_name)
-    output_dir = Path(os.path.abspath(output_path)) if output_path is not None else Path()
-    if output_path is not None and output_dir.exists() and not output_dir.is_dir():
+    versions = (_version(image), _version(network))
+    fingerprint = Fingerprint.of(image, network, settings.trunc, memo=digest_memo(settings))
+    return _Inputs(character, script, cache_capable, image, network, fingerprint, versions)
+
+
+def _output_dir(output_path: Path | str) -> Path:
+    output_dir = Path(os.path.abspath(output_path))
+    if output_dir.exists() and not output_dir.is_dir():
         raise InvalidInputError(
             f"output_path {str(output_dir)!r} exists and is not a folder",
             field="output_path",
             value=output_path,
         )
-    versions = (_version(image), _version(network))
-    fingerprint = Fingerprint.of(image, network, settings.trunc, memo=digest_memo(settings))
-    return _Inputs(
-        character, script, cache_capable, audio, image, network, output_dir, fingerprint, versions
-    )
+    return output_dir
 
 
 def generate_video(
@@ -198,19 +194,21 @@ def generate_video(
             value=on_progress,
         )
     settings = settings or get_settings()
-    inputs = _check_inputs(
-        settings,
-        audio_path=audio_path,
-        character=character,
-        output_path=output_path,
-        model_name=model_name,
-        test_image=test_image,
-    )
+    audio = resolve_audio(audio_path)
+    output_dir = _output_dir(output_path)
+    inputs = _check_inputs(settings, character, model_name, test_image)
     timeout = timeout if timeout is not None else settings.timeout_s
     tracker = ProgressTracker(on_progress or (lambda _event: None))
     try:
         result, outcome = _run(
-            settings, inputs, tracker, timeout=timeout, cancel=cancel, on_line=on_line
+            settings,
+            inputs,
+            tracker,
+            audio=audio,
+            output_dir=output_dir,
+            timeout=timeout,
+            cancel=cancel,
+            on_line=on_line,
         )
     except BaseException as error:
         tracker.stage("failed", str(error) or type(error).__name__)
@@ -239,6 +237,8 @@ def _run(
     inputs: _Inputs,
     tracker: ProgressTracker,
     *,
+    audio: Path,
+    output_dir: Path,
     timeout: float | None,
     cancel: threading.Event | None,
     on_line: Callable[[str], object] | None,
@@ -290,7 +290,7 @@ def _run(
                 script=inputs.script,
                 cache_capable=inputs.cache_capable,
                 outdir=workdir,
-                audio=workdir / staging.add_input(inputs.audio, "audio"),
+                audio=workdir / staging.add_input(audio, "audio"),
                 image=workdir / portrait.name,
                 network=network,
                 gpu=gpu,
@@ -316,14 +316,14 @@ def _run(
         video = staging.path / VIDEO_NAME
         # Exit 0 is not enough: the scripts ignore ffmpeg's failure.
         ok = outcome.returncode == 0 and video.is_file() and video.stat().st_size > 0
-        video_path = _move_into_place(video, inputs.output_dir / VIDEO_NAME) if ok else None
+        video_path = _move_into_place(video, output_dir / VIDEO_NAME) if ok else None
         if not ok:
             log.error("no video: the script exited with {}", outcome.returncode)
     result = GenerationResult(
         ok=ok,
         returncode=outcome.returncode,
         video_path=video_path,
-        output_dir=inputs.output_dir,
+        output_dir=output_dir,
         cache_dir=cache.path,
         script=inputs.script,
         cache_capable=inputs.cache_capable,
@@ -357,14 +357,7 @@ def warm(
 
     """
     settings = settings or get_settings()
-    inputs = _check_inputs(
-        settings,
-        audio_path=None,
-        character=character,
-        output_path=None,
-        model_name=model_name,
-        test_image=test_image,
-    )
+    inputs = _check_inputs(settings, character, model_name, test_image)
     status = CharacterCache(settings, character).status(inputs.fingerprint)
     if status is CacheStatus.WARM:
         return status
