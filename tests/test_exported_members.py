@@ -14,6 +14,7 @@ MODULES = [
     "characters",
     "cli",
     "config",
+    "doctor",
     "errors",
     "generate",
     "gpus",

@@ -18,6 +18,7 @@ from nerfcache.cache import (
     prune,
 )
 from nerfcache.config import Settings, get_settings
+from nerfcache.doctor import Check, diagnose
 from nerfcache.errors import (
     ConfigurationError,
     GenerationCancelled,
@@ -42,6 +43,7 @@ __all__ = [
     "CacheInfo",
     "CacheStatus",
     "CharacterCache",
+    "Check",
     "ConfigurationError",
     "Finding",
     "Fingerprint",
@@ -60,6 +62,7 @@ __all__ = [
     "Settings",
     "Verification",
     "agenerate_video",
+    "diagnose",
     "export_cache",
     "generate_video",
     "get_settings",
