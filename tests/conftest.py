@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from filelock import FileLock
@@ -78,12 +81,25 @@ def staging_left(project: FakeProject, character: str | None = None) -> list[Pat
     return sorted(runs.iterdir()) if runs.exists() else []
 
 
-def worker_env(project: FakeProject, **settings: str) -> dict[str, str]:
-    """The environment for a worker process that uses ``project`` through NERFCACHE_* only."""
-    env = {f"NERFCACHE_{k.upper()}": v for k, v in settings.items()}
-    return {
+def run_workers(project: FakeProject, code: str, count: int, **settings: str) -> list[Any]:
+    """Run ``count`` processes of ``code`` at once against ``project``; their JSON outputs.
+
+    Each gets ``sys.argv[1:] == [audio, output folder]`` and sees the project only through
+    NERFCACHE_* variables (``settings`` adds more, e.g. ``gpus="3"``).
+    """
+    env = {
         **os.environ,
         "NERFCACHE_PROJECT_ROOT": str(project.root),
         "NERFCACHE_EXTRA_ENV": json.dumps(project.settings.extra_env),
-        **env,
+        **{f"NERFCACHE_{k.upper()}": v for k, v in settings.items()},
     }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(project.audio), str(project.root / f"worker{i}")],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(count)
+    ]
+    return [json.loads(proc.communicate(timeout=60)[0]) for proc in procs]

@@ -3,8 +3,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,9 +28,9 @@ from tests.conftest import (
     lock_is_free,
     process_gone,
     published,
+    run_workers,
     staging_left,
     wait_until,
-    worker_env,
 )
 
 VIDEO = "output_NeRFFaceSpeech.mp4"
@@ -417,23 +415,7 @@ print(json.dumps({"ok": result.ok, "hit": result.cache_hit}))
 
 def test_four_processes_on_a_cold_character_run_pti_once(nerf_project: FakeProject) -> None:
     slow = {**nerf_project.settings.extra_env, "FAKE_NERF_PTI_S": "0.3"}
-    env = worker_env(nerf_project, extra_env=json.dumps(slow))
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                WORKER,
-                str(nerf_project.audio),
-                str(nerf_project.root / f"p{i}"),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(4)
-    ]
-    outputs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    outputs = run_workers(nerf_project, WORKER, 4, extra_env=json.dumps(slow))
     assert all(o["ok"] for o in outputs)
     assert sum(o["hit"] for o in outputs) == 3
     assert sum(c.computed("pti") for c in nerf_project.calls()) == 1

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +19,7 @@ from nerfcache import (
 )
 from nerfcache.gpus import gpu_slot
 from nerfcache.testing import FakeCall, FakeProject
-from tests.conftest import staging_left, wait_until, worker_env
+from tests.conftest import run_workers, staging_left, wait_until
 
 
 def most_at_once(calls: list[FakeCall]) -> int:
@@ -104,23 +102,8 @@ with ThreadPoolExecutor(3) as pool:
 def test_two_processes_share_one_slot(nerf_project: FakeProject) -> None:
     warm_up(nerf_project)
     fast = {**nerf_project.settings.extra_env, "FAKE_NERF_RENDER_S": "0.05"}
-    env = worker_env(nerf_project, gpus="3", extra_env=json.dumps(fast))
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                WORKER,
-                str(nerf_project.audio),
-                str(nerf_project.root / f"p{n}"),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(2)
-    ]
-    assert [json.loads(p.communicate(timeout=60)[0]) for p in procs] == [[True] * 3] * 2
+    outputs = run_workers(nerf_project, WORKER, 2, gpus="3", extra_env=json.dumps(fast))
+    assert outputs == [[True] * 3] * 2
     calls = nerf_project.calls()[1:]
     assert len(calls) == 6
     assert most_at_once(calls) == 1
