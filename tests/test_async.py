@@ -10,6 +10,7 @@ from nerfcache import (
     CharacterCache,
     GenerationCancelled,
     ProgressEvent,
+    Settings,
     agenerate_video,
     generate_video,
     stream_video,
@@ -22,6 +23,28 @@ from tests.conftest import lock_is_free, process_gone, published, staging_left, 
 async def until_stage(events: list[ProgressEvent], stage: str) -> None:
     while not any(e.stage == stage and not e.skipped for e in events):
         await asyncio.sleep(0.01)
+
+
+async def cancel_at(
+    project: FakeProject, stage: str, out: str, settings: Settings
+) -> list[ProgressEvent]:
+    """Start a run, cancel its task once it reports ``stage``, check that the cancel propagates."""
+    events: list[ProgressEvent] = []
+    task = asyncio.ensure_future(
+        agenerate_video(
+            project.audio,
+            "ayanami",
+            project.root / out,
+            "ffhq.pkl",
+            settings=settings,
+            on_progress=events.append,
+        )
+    )
+    await until_stage(events, stage)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return events
 
 
 def test_agenerate_video_returns_the_same_result(nerf_project: FakeProject) -> None:
@@ -76,25 +99,7 @@ def test_the_event_loop_keeps_running_during_a_run(nerf_project: FakeProject) ->
 
 def test_cancel_during_a_cold_build(nerf_project: FakeProject) -> None:
     settings = nerf_project.with_env(FAKE_NERF_PTI_S="60", FAKE_NERF_SPAWN_CHILD="1")
-    events: list[ProgressEvent] = []
-
-    async def main() -> None:
-        task = asyncio.ensure_future(
-            agenerate_video(
-                nerf_project.audio,
-                "ayanami",
-                nerf_project.root / "o",
-                "ffhq.pkl",
-                settings=settings,
-                on_progress=events.append,
-            )
-        )
-        await until_stage(events, "pti")
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
+    events = asyncio.run(cancel_at(nerf_project, "pti", "o", settings))
     (call,) = nerf_project.calls()
     child = call.start["child_pid"]
     assert isinstance(child, int)
@@ -126,26 +131,8 @@ def test_cancel_while_waiting_for_another_build(nerf_project: FakeProject) -> No
     thread = threading.Thread(target=builder)
     thread.start()
     assert wait_until(lambda: len(nerf_project.calls()) == 1)
-    events: list[ProgressEvent] = []
-
-    async def waiter() -> None:
-        task = asyncio.ensure_future(
-            agenerate_video(
-                nerf_project.audio,
-                "ayanami",
-                nerf_project.root / "b",
-                "ffhq.pkl",
-                settings=nerf_project.settings,
-                on_progress=events.append,
-            )
-        )
-        await until_stage(events, "waiting_for_cache")
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
     try:
-        asyncio.run(waiter())
+        asyncio.run(cancel_at(nerf_project, "waiting_for_cache", "b", nerf_project.settings))
         assert len(nerf_project.calls()) == 1  # the waiter never started a script
         assert (
             len([p for p in staging_left(nerf_project) if p.suffix == ".lock"]) == 1
@@ -168,25 +155,7 @@ def test_cancel_during_a_warm_render_keeps_the_cache(nerf_project: FakeProject) 
     )
     settings = nerf_project.with_env(FAKE_NERF_RENDER_S="60")
 
-    async def main() -> None:
-        async with asyncio.timeout(60):
-            events: list[ProgressEvent] = []
-            task = asyncio.ensure_future(
-                agenerate_video(
-                    nerf_project.audio,
-                    "ayanami",
-                    nerf_project.root / "2",
-                    "ffhq.pkl",
-                    settings=settings,
-                    on_progress=events.append,
-                )
-            )
-            await until_stage(events, "rendering")
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-
-    asyncio.run(main())
+    asyncio.run(cancel_at(nerf_project, "rendering", "2", settings))
     warm_call = nerf_project.calls()[-1]
     assert process_gone(warm_call.pid)
     assert staging_left(nerf_project) == []
