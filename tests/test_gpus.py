@@ -49,7 +49,7 @@ def test_no_gpus_means_no_limit_and_inherited_devices(
         assert gpu is None
     warm_up(nerf_project)
     assert nerf_project.calls()[0].start["cuda_visible_devices"] == "7"
-    assert not (nerf_project.settings.cache_root / ".nerfcache" / "gpu-slots").exists()
+    assert not (nerf_project.settings.state_dir / "gpu-slots").exists()
 
 
 @pytest.mark.parametrize("value", ["a", "0,,1", "0;1", "-1"])
@@ -113,7 +113,7 @@ def test_two_processes_share_one_slot(nerf_project: FakeProject) -> None:
 def test_a_busy_host_reports_queued_and_cancels_cleanly(nerf_project: FakeProject) -> None:
     warm_up(nerf_project)
     settings = nerf_project.settings.model_copy(update={"gpus": "0"})
-    slot = FileLock(settings.cache_root / ".nerfcache" / "gpu-slots" / "gpu0-slot0.lock")
+    slot = FileLock(settings.state_dir / "gpu-slots" / "gpu0-slot0.lock")
     slot.acquire()  # another process holds the only slot
     events: list[ProgressEvent] = []
     cancel = threading.Event()
@@ -149,7 +149,7 @@ def test_a_busy_host_reports_queued_and_cancels_cleanly(nerf_project: FakeProjec
 def test_a_freed_slot_lets_the_queued_run_go(nerf_project: FakeProject) -> None:
     warm_up(nerf_project)
     settings = nerf_project.settings.model_copy(update={"gpus": "0"})
-    slot = FileLock(settings.cache_root / ".nerfcache" / "gpu-slots" / "gpu0-slot0.lock")
+    slot = FileLock(settings.state_dir / "gpu-slots" / "gpu0-slot0.lock")
     slot.acquire()
     events: list[ProgressEvent] = []
     results = []
@@ -191,6 +191,6 @@ def test_a_slot_is_released_after_a_timeout_or_a_failure(nerf_project: FakeProje
     assert not generate_video(
         nerf_project.audio, "ayanami", nerf_project.root / "y", "ffhq.pkl", settings=failing
     )
-    slot = FileLock(gpu.cache_root / ".nerfcache" / "gpu-slots" / "gpu5-slot0.lock")
+    slot = FileLock(gpu.state_dir / "gpu-slots" / "gpu5-slot0.lock")
     slot.acquire(timeout=0)  # free again
     slot.release()

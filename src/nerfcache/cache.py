@@ -39,11 +39,11 @@ from filelock import FileLock, Timeout
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from nerfcache._locks import acquire, try_acquire
 from nerfcache.characters import character_dir, find_test_image, is_byproduct, resolve_model
 from nerfcache.config import Settings
 from nerfcache.errors import (
     ConfigurationError,
-    GenerationCancelled,
     InvalidInputError,
     MissingFileError,
     NerfCacheError,
@@ -75,7 +75,6 @@ PTI_FILES = ("G_PTI.pt", "w_PTI.pt", "bg_PTI.pt")
 FIT_FILES = ("fitted_coeffs.pt",)
 CACHE_FILES = PTI_FILES + FIT_FILES
 META_DIR = ".nerfcache"
-LOCK_POLL_S = 0.2
 
 
 class CacheStatus(str, enum.Enum):
@@ -341,16 +340,13 @@ class CharacterCache:
         self, cancel: threading.Event | None, on_wait: Callable[[], None] | None
     ) -> FileLock:
         lock = self.build_lock()
-        if _try_acquire(lock):
-            return lock
-        self._log.info("another run is building this cache: waiting for it")
-        if on_wait is not None:
-            on_wait()
-        while not _try_acquire(lock, LOCK_POLL_S):
-            if cancel is not None and cancel.is_set():
-                raise GenerationCancelled(
-                    f"cancelled while waiting for the cache of {self.character!r}"
-                )
+
+        def waiting() -> None:
+            self._log.info("another run is building this cache: waiting for it")
+            if on_wait is not None:
+                on_wait()
+
+        acquire(lock, what=f"the cache of {self.character!r}", cancel=cancel, on_wait=waiting)
         return lock
 
     def _prepare(
@@ -734,7 +730,7 @@ class CharacterCache:
         New runs cannot start meanwhile: their staging dirs are made under the state lock.
         """
         building = self.build_lock()
-        if not _try_acquire(building):
+        if not try_acquire(building):
             raise NerfCacheError(
                 f"the cache of {self.character!r} is in use: a run is building it; try again"
                 " when it is done"
@@ -905,7 +901,7 @@ class CharacterCache:
             return
         for lock_path in runs.glob("*.lock"):
             lock = FileLock(lock_path)
-            if not _try_acquire(lock):
+            if not try_acquire(lock):
                 continue  # a live run
             _kill_leftovers(lock_path.stem)
             try:
@@ -1031,7 +1027,7 @@ FindingLevel = Literal["ok", "warning", "error"]
 
 def digest_memo(settings: Settings) -> Path:
     """The file where hashes of portraits and networks are remembered by file version."""
-    return settings.cache_root / META_DIR / "digests.json"
+    return settings.state_dir / "digests.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1230,7 +1226,7 @@ def _held(path: Path) -> bool:
     if not path.exists():
         return False
     lock = FileLock(path)
-    if not _try_acquire(lock):
+    if not try_acquire(lock):
         return True
     lock.release()
     return False
@@ -1296,14 +1292,6 @@ def _kill_leftovers(run_id: str) -> None:
         if tag in environ:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(entry.name), signal.SIGKILL)
-
-
-def _try_acquire(lock: FileLock, timeout: float = 0) -> bool:
-    try:
-        lock.acquire(timeout=timeout)
-    except Timeout:
-        return False
-    return True
 
 
 def _now() -> datetime:

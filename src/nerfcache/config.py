@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     cache_script: Path = _under("nerf_code_dir", "StyleNeRF", CACHE_SCRIPT)
     model_dir: Path = _under("nerf_code_dir", "pretrained_networks")
     cache_root: Path = _under("project_root", "assets", "charactor")
+    state_dir: Path = _under("project_root", ".nerfcache")
+    """Host-wide state (hash memo, GPU slots, locks): outside cache_root, where apps list
+    characters."""
     characters: dict[str, Path] = Field(default_factory=dict)
     trunc: float = 0.7
     motion_guide_img_folder: str = "frames"
@@ -63,6 +66,7 @@ class Settings(BaseSettings):
         "cache_script",
         "model_dir",
         "cache_root",
+        "state_dir",
         mode="after",
     )
     @classmethod

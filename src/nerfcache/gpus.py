@@ -28,7 +28,7 @@ def gpu_slot(
 
     Yields None without waiting when ``settings.gpus`` is unset (no limit, CUDA_VISIBLE_DEVICES
     left as inherited). Otherwise waits, calling ``on_queued`` once, until a slot is free; slots
-    are file locks in ``{cache_root}/.nerfcache/gpu-slots/``, so uvicorn workers and other
+    are file locks in ``{state_dir}/gpu-slots/``, so uvicorn workers and other
     processes share them, and a crashed holder frees its slot. Setting ``cancel`` while waiting
     raises ``GenerationCancelled``.
     """
@@ -36,7 +36,7 @@ def gpu_slot(
     if not gpus:
         yield None
         return
-    folder = settings.cache_root / ".nerfcache" / "gpu-slots"
+    folder = settings.state_dir / "gpu-slots"
     folder.mkdir(parents=True, exist_ok=True)
     # One job on every GPU before a second job on any: runs spread across cards.
     slots = [(gpu, n) for n in range(settings.jobs_per_gpu) for gpu in gpus]

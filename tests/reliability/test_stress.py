@@ -149,5 +149,5 @@ def test_six_processes_five_calls_each_some_cancelled(tmp_path: Path) -> None:
         assert_sound(project, character)  # no staging dir, no lock held, nothing truncated
         assert staging_left(project, character) == []
         assert user_files(folder) == mine[character]
-    slots = project.settings.cache_root / ".nerfcache" / "gpu-slots"
+    slots = project.settings.state_dir / "gpu-slots"
     assert all(lock_is_free(lock) for lock in slots.glob("*.lock"))
