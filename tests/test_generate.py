@@ -118,13 +118,18 @@ def test_the_seed_call_works_unchanged(nerf_project: FakeProject, monkeypatch) -
     assert (nerf_project.root / "output1" / VIDEO).is_file()
 
 
-def test_script_runs_in_the_code_folder_with_the_conda_environment(nerf_project) -> None:
-    generate(nerf_project)
+def test_script_runs_in_a_private_view_of_the_code_folder_with_the_conda_environment(
+    nerf_project,
+) -> None:
+    result = generate(nerf_project)
     (call,) = nerf_project.calls()
     settings = nerf_project.settings
-    assert call.start["cwd"] == str(settings.nerf_code_dir)
+    cwd = Path(str(call.start["cwd"]))
+    assert cwd.name == "workdir"
+    assert cwd.parent.name == result.run_id  # inside the run's staging dir, gone with it
+    assert not cwd.exists()
     assert str(call.start["path"]).startswith(str(settings.conda_env / "bin") + os.pathsep)
-    assert call.start["pythonpath"] == str(settings.nerf_code_dir)
+    assert call.start["pythonpath"] == str(cwd)
     assert call.option("network") == str(settings.model_dir / "ffhq.pkl")
     assert call.option("trunc") == "0.7"
     assert call.option("motion_guide_img_folder") == "frames"
@@ -246,7 +251,7 @@ def test_a_portrait_replaced_while_the_run_waited_is_refused(nerf_project: FakeP
     portrait = nerf_project.character_dir() / "images" / "portrait.png"
 
     settings = nerf_project.settings.model_copy(update={"gpus": "0"})
-    slot = settings.cache_root / ".nerfcache" / "gpu-slots" / "gpu0-slot0.lock"
+    slot = settings.state_dir / "gpu-slots" / "gpu0-slot0.lock"
     events: list[ProgressEvent] = []
     errors: list[BaseException] = []
     held = FileLock(slot)

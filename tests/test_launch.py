@@ -195,6 +195,22 @@ def test_the_working_directory_is_the_code_folder(project, tmp_path) -> None:
     assert (plan.cwd / "frames").is_dir()
 
 
+def test_a_run_s_private_view_is_its_working_directory_and_pythonpath(project, tmp_path) -> None:
+    settings = project.settings
+    view = tmp_path / "runs" / "r1" / "workdir"
+    plan = plan_launch(
+        settings,
+        script=settings.cache_script,
+        cache_capable=True,
+        cwd=view,
+        environ=INHERITED,
+        **_plan_args(project, tmp_path),
+    )
+    assert plan.cwd == view
+    # The real code folder on PYTHONPATH would bring back what every run shares.
+    assert plan.env["PYTHONPATH"] == str(view)
+
+
 # --- plan_launch: environment -------------------------------------------------------------------
 
 

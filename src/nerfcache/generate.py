@@ -44,6 +44,7 @@ from nerfcache.gpus import gpu_slot
 from nerfcache.launch import find_script, plan_launch
 from nerfcache.progress import ProgressEvent, ProgressTracker
 from nerfcache.run import RunOutcome, run_plan
+from nerfcache.workdir import working_dir
 
 __all__ = [
     "VIDEO_NAME",
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 VIDEO_NAME = "output_NeRFFaceSpeech.mp4"
+WORKDIR_NAME = "workdir"  # the run's private view of the code folder, inside its staging dir
 # What the scripts' unquoted shell mux can take without splitting or running anything.
 _SHELL_SAFE = re.compile(r"[A-Za-z0-9_./-]+")
 _T = TypeVar("_T")
@@ -275,6 +277,15 @@ def _run(
             )
         tracker.plan(pti=staging.status is CacheStatus.COLD, fitting=not warm)
         with (
+            # Before the GPU slot: a run waiting for the code folder holds no card.
+            working_dir(
+                settings,
+                staging.path / WORKDIR_NAME,
+                builds_pti=staging.status is CacheStatus.COLD,
+                cancel=cancel,
+                on_wait=lambda: tracker.stage("queued", "waiting for another build's PTI"),
+                log=log,
+            ) as cwd,
             gpu_slot(
                 settings,
                 cancel=cancel,
@@ -293,6 +304,7 @@ def _run(
                 audio=workdir / staging.add_input(audio, "audio"),
                 image=workdir / portrait.name,
                 network=network,
+                cwd=cwd,
                 gpu=gpu,
                 run_id=staging.run_id,
             )

@@ -66,11 +66,15 @@ def plan_launch(
     audio: Path,
     image: Path,
     network: Path,
+    cwd: Path | None = None,
     gpu: str | None = None,
     run_id: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> LaunchPlan:
     """Build the command for one run; ``outdir`` doubles as the cache dir where supported.
+
+    ``cwd`` is the run's working directory, the code folder as the script sees it (a private
+    view of ``nerf_code_dir`` made by ``nerfcache.workdir``); None means the code folder itself.
 
     ``gpu`` sets ``CUDA_VISIBLE_DEVICES`` (a GPU slot's card); None leaves it as inherited.
 
@@ -90,12 +94,15 @@ def plan_launch(
     if cache_capable:
         argv.append(f"--cache_dir={outdir}")
     env = dict(os.environ if environ is None else environ)
+    cwd = settings.nerf_code_dir if cwd is None else cwd
     # The original launcher ran the script with the conda env first on PATH and the code folder
-    # on PYTHONPATH; the scripts import their own packages from there.
+    # on PYTHONPATH. The scripts do not need the latter (they put PTI, SadTalker ... on sys.path
+    # relative to their working directory), but where it is kept, it must be the run's view:
+    # the real code folder there would bring back the files every run shares.
     env["PATH"] = os.pathsep.join(
         p for p in (str(settings.conda_env / "bin"), env.get("PATH", "")) if p
     )
-    env["PYTHONPATH"] = str(settings.nerf_code_dir)
+    env["PYTHONPATH"] = str(cwd)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(settings.extra_env)
     if gpu is not None:
@@ -105,7 +112,7 @@ def plan_launch(
     return LaunchPlan(
         argv=tuple(argv),
         # The scripts open pretrained_networks/, PTI/, frames ... relative to the code folder.
-        cwd=settings.nerf_code_dir,
+        cwd=cwd,
         env=env,
         script=script,
         cache_capable=cache_capable,
