@@ -95,7 +95,7 @@ class TestFindTestImage:
     def test_byproducts_of_the_old_launcher_are_not_portraits(self, tmp_path) -> None:
         s = Settings(project_root=tmp_path)
         folder = s.cache_root / "rei"
-        for name in ("fitted_img_0.png", "img_tesnor_224_resize_prc.png", "rei.png"):
+        for name in ("img_tesnor_224_resize_prc.png", "output_from_w_pivot_w_G_PTI.png", "rei.png"):
             write_png(folder / name, (1, 2, 3))
         assert find_test_image(s, "rei") == folder / "rei.png"
 

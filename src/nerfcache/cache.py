@@ -472,7 +472,7 @@ class CharacterCache:
         """Delete this character's cache; return the bytes freed.
 
         Removes the four cache files, the byproduct PNGs the original launcher left in the
-        folder (``BYPRODUCTS``, ``fitted_img_*.png``) and everything in ``.nerfcache/`` but its
+        folder (``BYPRODUCTS``) and everything in ``.nerfcache/`` but its
         lock files: the manifest, set-aside generations, quarantine, dead runs' staging dirs.
         Never ``images/``, ``audio.wav`` or any other file of the user.
 

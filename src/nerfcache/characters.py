@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import unicodedata
 from pathlib import Path
 
@@ -24,14 +23,15 @@ MAX_NAME_LENGTH = 128
 MAX_NAME_BYTES = 255  # what most filesystems take for one name
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 BYPRODUCTS = ("output_from_w_pivot_w_G_PTI.png", "img_tesnor_224_resize_prc.png")
-"""PNGs the cache-capable script writes into its cache dir on every run, with
-``fitted_img_*.png``. The original launcher's cache dir was the character folder, so they are
-found there: never a portrait, and ``clear`` removes them."""
+"""PNGs the cache-capable script writes into its cache dir on every run. The original
+launcher's cache dir was the character folder, so they are found there: never a portrait, and
+``clear`` removes them. (``fitted_img_*.png``, which an older note lists too, is never written:
+the real ``render_3dmm`` returns before saving it.)"""
 
 
 def is_byproduct(name: str) -> bool:
     """Whether ``name`` is one of the PNGs the NeRF script leaves in its cache dir."""
-    return name in BYPRODUCTS or fnmatch.fnmatchcase(name, "fitted_img_*.png")
+    return name in BYPRODUCTS
 
 
 def validate_character(name: str) -> str:

@@ -353,7 +353,7 @@ def clear_command(
     """Delete characters' caches; without --yes, only show what would go.
 
     Deletes the four cache files, the byproduct PNGs the original launcher left in the folder
-    (output_from_w_pivot_w_G_PTI.png, img_tesnor_224_resize_prc.png, fitted_img_*.png) and
+    (output_from_w_pivot_w_G_PTI.png, img_tesnor_224_resize_prc.png) and
     .nerfcache/ (set-aside generations, quarantine). Never images/, audio.wav or other files
     of yours. A cache in use (a build or a live run) is left alone, with exit code 1.
 
