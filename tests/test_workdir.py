@@ -11,15 +11,7 @@ from filelock import FileLock
 from nerfcache import GenerationCancelled
 from nerfcache.testing import FakeProject
 from nerfcache.workdir import WRITTEN_DIRS, working_dir
-from tests.conftest import lock_is_free, wait_until
-
-
-def tree(folder: Path) -> dict[str, tuple[int, int]]:
-    """Every path under ``folder`` with its size and mtime: what a write anywhere would change."""
-    return {
-        str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns)
-        for p in [folder, *sorted(folder.rglob("*"))]
-    }
+from tests.conftest import lock_is_free, tree, wait_until
 
 
 def no_symlinks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,20 +35,21 @@ def test_the_view_resolves_every_entry_of_the_code_folder(nerf_project: FakeProj
         assert (cwd / "StyleNeRF").resolve() == (code / "StyleNeRF").resolve()
 
 
-def test_writes_and_deletes_in_the_view_never_reach_the_code_folder(
+def test_what_pti_writes_and_deletes_never_reaches_the_code_folder(
     nerf_project: FakeProject,
 ) -> None:
     code = nerf_project.settings.nerf_code_dir
+    # What a crashed stock run leaves behind in the code folder: not linked, never written.
     (code / "checkpoints").mkdir()
-    (code / "checkpoints" / "shipped.txt").write_text("read by the script")
+    (code / "checkpoints" / "model__p.pt").write_bytes(b"an old run's generator")
     before = tree(code)
     with working_dir(nerf_project.settings, nerf_project.root / "view", builds_pti=True) as cwd:
-        # What PTI does (DESIGN.md section 2): write both folders, read back, rmtree them.
+        # What PTI does (DESIGN.md section 2): write both folders, read back, rmtree them
+        # (rmtree refuses a symbolic link: they must be real folders).
         for name in WRITTEN_DIRS:
             (cwd / name).mkdir(exist_ok=True)
             (cwd / name / "model__p.pt").write_bytes(b"weights")
-        assert (cwd / "checkpoints" / "shipped.txt").read_text() == "read by the script"
-        for name in WRITTEN_DIRS:
+            assert (cwd / name / "model__p.pt").read_bytes() == b"weights"
             shutil.rmtree(cwd / name)
     shutil.rmtree(nerf_project.root / "view")
     assert tree(code) == before

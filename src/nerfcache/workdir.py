@@ -7,8 +7,10 @@ deletes both folders at its end. Two cold builds sharing that folder destroy eac
 
 Each run therefore gets its own folder holding one symbolic link per entry of the code folder:
 every relative read resolves as before, no weight is copied, and the code folder is never
-written to. The folders PTI writes are real folders of the run's own (holding links to what the
-code folder has in them, if anything), so its writes and its ``rmtree`` stay private.
+written to. The folders PTI writes are empty folders of the run's own, never links: its writes
+and its ``rmtree`` (which refuses a link) stay private. Neither repository ships them; what a
+crashed stock run left in the code folder under those names is PTI's own leftovers, which no
+run reads (Deep3DFaceRecon's optional ``checkpoints/init_model`` weights are overwritten anyway).
 
 Where links cannot be made (a file system without symbolic links), runs use the code folder
 itself and cold builds on this host take turns through one lock, with a warning.
@@ -80,15 +82,9 @@ def working_dir(
 
 
 def _link_view(code: Path, folder: Path) -> None:
-    """Fill ``folder`` with a link to each entry of ``code``; ``WRITTEN_DIRS`` are its own."""
+    """Fill ``folder`` with a link to each entry of ``code``, but ``WRITTEN_DIRS``."""
     folder.mkdir()
     with os.scandir(code) as entries:
         for entry in entries:
-            target = folder / entry.name
-            if entry.name in WRITTEN_DIRS and entry.is_dir():
-                target.mkdir()
-                with os.scandir(entry.path) as inner:
-                    for item in inner:
-                        (target / item.name).symlink_to(item.path)
-            else:
-                target.symlink_to(entry.path)
+            if entry.name not in WRITTEN_DIRS:
+                (folder / entry.name).symlink_to(entry.path)
