@@ -70,3 +70,24 @@ def test_a_conda_python_that_hangs_is_given_up_on(project: FakeProject) -> None:
     assert found["conda_python"].level == "error"
     assert "no answer within 0.2 s" in found["conda_python"].message
     assert found["cache_script"].level == "warning"  # not probed once the Python fails
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        ("    creat_final_video(outdir_valid_final, test_data, outdir)\n", "fake video"),
+        (
+            "    creat_final_video(outdir_valid_final, test_data, outdir, watermark=False)\n",
+            "the web app's copy: no caption",
+        ),
+    ],
+    ids=["upstream", "web app"],
+)
+def test_doctor_says_which_stock_script_it_found(
+    project: FakeProject, line: str, said: str
+) -> None:
+    script = project.settings.script
+    script.write_text(script.read_text() + line)
+    message = _by_name(diagnose(project.settings))["script"].message
+    assert said in message
+    assert message.startswith(f"the stock script {script} (")

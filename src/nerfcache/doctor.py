@@ -100,7 +100,8 @@ def diagnose(settings: Settings, *, timeout: float = PROBE_TIMEOUT_S) -> list[Ch
     check(
         "script",
         "ok" if stock else "warning" if capable else "error",
-        f"the stock script {settings.script}" + ("" if stock else " is missing"),
+        f"the stock script {settings.script}"
+        + (f" ({_which_stock_script(settings.script)})" if stock else " is missing"),
         "script",
     )
     if not capable:
@@ -222,6 +223,21 @@ def _probe(
     except OSError as error:
         return None, str(error)
     return done.returncode, done.stdout + done.stderr
+
+
+def _which_stock_script(script: Path) -> str:
+    """Say which stock script this is: upstream's captions every frame, the web app's does not.
+
+    Upstream's ``creat_final_video`` call keeps its default watermark, a "fake video" caption
+    burnt into every frame; the web app's copy passes ``watermark=False``.
+    """
+    try:
+        source = script.read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        return f"unreadable: {error.strerror}"
+    if "watermark=False" in source:
+        return "the web app's copy: no caption on the video"
+    return 'upstream\'s: it burns a "fake video" caption into every frame of the video'
 
 
 def _last_line(text: str) -> str:
