@@ -69,6 +69,14 @@ def lock_is_free(path: Path) -> bool:
     return True
 
 
+def tree(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``folder`` with its size and mtime: what a write anywhere would change."""
+    return {
+        str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns)
+        for p in [folder, *sorted(folder.rglob("*"))]
+    }
+
+
 def published(project: FakeProject, character: str | None = None) -> set[str]:
     """The cache files published in a character's folder."""
     folder = project.character_dir(character)

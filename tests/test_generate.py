@@ -30,6 +30,7 @@ from tests.conftest import (
     published,
     run_workers,
     staging_left,
+    tree,
     wait_until,
 )
 
@@ -453,6 +454,31 @@ def test_two_cold_characters_build_in_parallel(nerf_project: FakeProject, tmp_pa
         )
     assert all(results)
     assert sum(c.computed("pti") for c in nerf_project.calls()) == 2
+
+
+def test_two_cold_builds_on_two_gpu_slots_keep_pti_s_files_apart(
+    nerf_project: FakeProject, tmp_path
+) -> None:
+    nerf_project.add_character("rei", color=(1, 2, 3))
+    code = nerf_project.settings.nerf_code_dir
+    before = tree(code)
+    # The fake waits inside PTI until both runs are there, as two GPUs would have them: PTI
+    # writes ./embeddings and ./checkpoints, reads them back and deletes them at its end.
+    settings = nerf_project.with_env(FAKE_NERF_PTI_BARRIER=f"{tmp_path / 'pti'}:2").model_copy(
+        update={"gpus": "0,1"}
+    )
+    with ThreadPoolExecutor(2) as pool:
+        results = list(
+            pool.map(
+                lambda c: generate(nerf_project, c, character=c, settings=settings),
+                ["ayanami", "rei"],
+            )
+        )
+    assert all(results), [r.log_tail[-5:] for r in results]
+    assert {r.gpu for r in results} == {"0", "1"}
+    assert published(nerf_project, "ayanami") == published(nerf_project, "rei") == set(CACHE_FILES)
+    assert sum(c.computed("pti") for c in nerf_project.calls()) == 2
+    assert tree(code) == before  # the code folder is never written to
 
 
 # -- timeout and cancel --

@@ -325,12 +325,10 @@ def _run(
                     published: tuple[str, ...] = ()
                 else:
                     published = cache.publish(staging, image=image, network=network)
-        video = staging.path / VIDEO_NAME
-        # Exit 0 is not enough: the scripts ignore ffmpeg's failure.
-        ok = outcome.returncode == 0 and video.is_file() and video.stat().st_size > 0
-        video_path = _move_into_place(video, output_dir / VIDEO_NAME) if ok else None
-        if not ok:
-            log.error("no video: the script exited with {}", outcome.returncode)
+        ok = _made_video(outcome, staging.path / VIDEO_NAME, log)
+        video_path = (
+            _move_into_place(staging.path / VIDEO_NAME, output_dir / VIDEO_NAME) if ok else None
+        )
     result = GenerationResult(
         ok=ok,
         returncode=outcome.returncode,
@@ -349,6 +347,33 @@ def _run(
         gpu=gpu,
     )
     return result, outcome
+
+
+def _made_video(outcome: RunOutcome, video: Path, log: Any) -> bool:
+    """Whether the run made its video: the file is there and the script was not killed.
+
+    Exit 0 is not enough: the scripts ignore ffmpeg's failure. Nor is it needed: the staging dir
+    starts without a video, the mux that makes it runs to its end before the script goes on,
+    and all that follows is the clean-up of ``epoch_0_final/`` and ``out_refine.mp4``. A script
+    that exited with an error after making its video (that clean-up failed) made a whole video,
+    as the original launcher judged too; a script killed by a signal (a timeout, a cancel, the
+    OOM killer) may have been killed inside the mux, so its file is not trusted.
+    """
+    made = video.is_file() and video.stat().st_size > 0
+    code = outcome.returncode
+    if not made:
+        log.error("no video: the script exited with {}", code)
+        return False
+    if code is None or code < 0:
+        log.error("the script was killed (exit {}): its video is not trusted", code)
+        return False
+    if code > 0:
+        log.warning(
+            "the script exited with {} after making its video (its clean-up failed): the video"
+            " is kept",
+            code,
+        )
+    return True
 
 
 def warm(

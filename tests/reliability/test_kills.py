@@ -21,7 +21,7 @@ import pytest
 from nerfcache import CacheStatus
 from nerfcache.cache import CACHE_FILES, PTI_FILES
 from nerfcache.testing import FakeProject
-from tests.conftest import process_gone, published, staging_left, wait_until
+from tests.conftest import process_gone, published, staging_left, tree, wait_until
 from tests.reliability.helpers import (
     VIDEO,
     all_gone,
@@ -268,11 +268,15 @@ def test_launcher_killed_while_the_script_runs_then_the_next_run_succeeds(
     nerf_project, tmp_path
 ) -> None:
     mine = user_files(nerf_project.character_dir())
+    code = tree(nerf_project.settings.nerf_code_dir)
     script = start_and_kill_the_launcher(nerf_project, tmp_path)
     try:
         again = generate(nerf_project, "out2")
         assert again, again.log_tail[-5:]
-        assert staging_left(nerf_project) == []  # the dead launcher's staging dir was reaped
+        # The dead launcher's staging dir, with the script's private working dir, was reaped;
+        # removing that view removed its links, never the code they point to.
+        assert staging_left(nerf_project) == []
+        assert tree(nerf_project.settings.nerf_code_dir) == code
         assert assert_sound(nerf_project) is CacheStatus.WARM
         assert user_files(nerf_project.character_dir()) == mine
     finally:
