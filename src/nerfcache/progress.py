@@ -20,20 +20,46 @@ STAGES = (
     "done",
     "failed",
 )
-# Rough share of a cold run's time per stage, in the seed's proportions (PTI : 3DMM : render
-# about 10 : 2 : 3). Waiting stages take no share: they say nothing about the work left.
-_WEIGHTS = {"loading": 0.5, "pti": 10.0, "fitting": 2.0, "rendering": 3.0, "encoding": 0.5}
-_TQDM = re.compile(r"(\d+)/(\d+)\s*\[")
 MIN_INTERVAL_S = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class _Step:
+    """One span of the script's work: how it begins, what measures it, its share of the run."""
+
+    stage: str
+    weight: float
+    line: str | None = None  # it begins with a line that starts with this text,
+    bar: str | None = None  # else with its tqdm bar, of this description ("" = untitled)
+
+
+# The real scripts' output, in order (DESIGN.md section 2): the only markers that move a run on.
+# Weights are a cold run's time in the seed's proportions (PTI : 3DMM : render about 10 : 2 : 3);
+# waiting stages take no share, they say nothing about the work left.
+_STEPS = (
+    _Step("loading", 0.5, line="Loading networks from"),
+    _Step("pti", 10 / 3, bar=""),  # W projection (w_projector.py): 1000 steps
+    _Step("pti", 20 / 3, bar=""),  # generator tuning: 2000 heavier steps, may stop early
+    _Step("fitting", 0.5, line="start rigid fitting", bar=""),  # 1000 steps, landmarks only
+    _Step("fitting", 1.5, line="start non-rigid fitting", bar=""),  # 500 rendered steps
+    _Step("rendering", 0.2, bar="mel:"),  # SadTalker's audio features; warm runs start here
+    _Step("rendering", 2.8, bar="Processing frames"),
+    _Step("encoding", 0.5, line="video processing"),
+)
+_WORK = tuple(dict.fromkeys(step.stage for step in _STEPS))
+# tqdm's line: "{desc}: {percentage}%|{bar}| {n}/{total} [..." (no "{desc}: " when untitled).
+# Matched from the line's start, so a path that merely contains a bar's words is no bar.
+_BAR = re.compile(r"(?:(?P<desc>.*?): )?\s*\d+%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*\[")
 
 
 @dataclasses.dataclass(frozen=True)
 class ProgressEvent:
     """Where a run is.
 
-    ``fraction`` is the progress within ``stage`` when the script tells it (tqdm's ``n/total``),
-    ``overall`` an estimate for the whole run in [0, 1]. A stage a warm cache makes unnecessary
-    is reported once with ``skipped=True``.
+    ``fraction`` is the progress within ``stage`` when the script tells it (its tqdm bars
+    together), ``overall`` an estimate for the whole run in [0, 1] that never goes back. A stage
+    a warm cache makes unnecessary is reported once, with ``skipped=True``, when the run gets
+    past its place.
     """
 
     stage: str
@@ -47,83 +73,157 @@ class ProgressEvent:
 class ProgressTracker:
     """Follow one run: stages from the script's markers, fractions from its tqdm redraws.
 
-    Events go to ``emit``; redraws within one stage are throttled to one per
-    ``MIN_INTERVAL_S`` (a stage change, a skip and the end always go through).
+    Events go to ``emit``; redraws are throttled to one per ``MIN_INTERVAL_S`` of ``clock``
+    (a stage change, a skip and a bar's end always go through).
     """
 
-    def __init__(self, emit: Callable[[ProgressEvent], object]) -> None:
+    def __init__(
+        self,
+        emit: Callable[[ProgressEvent], object],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._emit = emit
-        self._started = time.monotonic()
+        self._clock = clock
+        self._started = clock()
+        self._last_sent: float | None = None
         self._stage = ""
-        self._fraction: float | None = None
-        self._last_sent = 0.0
-        self._planned = list(_WEIGHTS)
+        self._step = -1  # index in _STEPS of the work the script is at
+        self._bar: tuple[int, int] | None = None  # (n, total) of the bar measuring that step
+        self._fraction = 0.0  # of that step
+        self._skipped: frozenset[str] = frozenset()
+        self._reported: set[str] = set()
         self._overall = 0.0
 
     def plan(self, *, pti: bool, fitting: bool) -> None:
-        """Say which expensive stages this run will do; the others are reported as skipped."""
-        for stage, runs in (("pti", pti), ("fitting", fitting)):
-            if not runs:
-                self._planned.remove(stage)
-                self._send(stage, None, "loaded from the cache", skipped=True)
+        """Say which expensive stages this run will do; the others are reported as skipped.
+
+        A skip is reported once the run gets past the stage's place (a warm run's skips come
+        after loading, with the overall reached there), or at ``done``.
+        """
+        self._skipped = frozenset(s for s, runs in (("pti", pti), ("fitting", fitting)) if not runs)
 
     def stage(self, stage: str, message: str = "") -> None:
-        """Enter ``stage`` (no-op if already there)."""
-        if stage != self._stage:
-            self._stage, self._fraction = stage, None
-            self._send(stage, None, message or stage.replace("_", " "))
+        """Enter ``stage`` (no-op if already there, or past it for the script's work stages)."""
+        message = message or stage.replace("_", " ")
+        if stage in _WORK:
+            self._advance(next(i for i, s in enumerate(_STEPS) if s.stage == stage), message)
+        elif stage != self._stage:
+            if stage == "done":
+                self._report_skips(len(_WORK))
+            self._stage = stage
+            self._send(stage, None, message, force=True)
 
     def line(self, line: str) -> None:
-        """Read one line of the script's output."""
-        stage = self._stage_for(line)
-        if stage is not None:
-            self.stage(stage, line.strip())
-        match = _TQDM.search(line) if "%|" in line else None
-        if match and self._stage in _WEIGHTS and int(match[2]) > 0:
-            fraction = min(int(match[1]) / int(match[2]), 1.0)
-            self._fraction = fraction
-            if time.monotonic() - self._last_sent >= MIN_INTERVAL_S or fraction >= 1.0:
-                self._send(self._stage, fraction, line.strip())
-
-    def _stage_for(self, line: str) -> str | None:
-        # Markers of the real scripts (DESIGN.md section 2): "Loading networks from ...",
-        # tqdm bars, "Processing frames", "video processing .. ".
-        if line.startswith("Loading networks from"):
-            return "loading"
-        if "Processing frames" in line:
-            return "rendering"
-        if line.startswith("video processing"):
-            return "encoding"
-        if "fitting" in line.lower() and "fitting" in self._planned:
-            return "fitting"
-        if self._stage == "loading" and "pti" in self._planned and _TQDM.search(line):
-            return "pti"  # PTI's bar has no description: the first bar after loading
-        return None
+        r"""Read one line of the script's output (tqdm redraws split at ``\r``)."""
+        for text in re.split(r"[\r\n]", line):
+            if text.strip():
+                self._read(text)
 
     def overall(self) -> float:
         """Estimated fraction of the whole run that is done; it never goes back."""
         if self._stage == "done":
             self._overall = 1.0
-        elif self._stage in self._planned:
-            total = sum(_WEIGHTS[s] for s in self._planned)
-            index = self._planned.index(self._stage)
-            done = sum(_WEIGHTS[s] for s in self._planned[:index])
-            done += _WEIGHTS[self._stage] * (self._fraction or 0.0)
+        elif self._step >= 0:
+            done = sum(self._weight(i) for i in range(self._step))
+            done += self._weight(self._step) * self._fraction
+            total = sum(self._weight(i) for i in range(len(_STEPS)))
             self._overall = max(self._overall, min(done / total, 1.0))
         return self._overall
 
+    def _read(self, text: str) -> None:
+        match = _BAR.match(text) if "%|" in text else None
+        if match is not None:
+            self._redraw(match["desc"] or "", int(match["n"]), int(match["total"]), text.strip())
+            return
+        for index in self._ahead():
+            marker = _STEPS[index].line
+            if marker is not None and text.startswith(marker):
+                self._advance(index, text.strip())
+                return
+
+    def _redraw(self, desc: str, n: int, total: int, message: str) -> None:
+        """Follow a tqdm redraw: the current step's bar moving, or the bar beginning a step."""
+        if total <= 0:
+            return
+        if not self._measures(desc, n, total):
+            begun = self._begun_by(desc)
+            if begun is None:
+                return  # someone else's bar (a download, a library): not the script's progress
+            self._advance(begun, message)
+        self._bar, self._fraction = (n, total), min(n / total, 1.0)
+        self._send(self._stage, self._stage_fraction(), message, force=n >= total)
+
+    def _ahead(self) -> list[int]:
+        """The steps still to come that this run will do, in order."""
+        return [
+            i for i in range(self._step + 1, len(_STEPS)) if _STEPS[i].stage not in self._skipped
+        ]
+
+    def _measures(self, desc: str, n: int, total: int) -> bool:
+        """Whether this redraw continues the bar of the step the script is at."""
+        if self._step < 0 or _STEPS[self._step].bar != desc:
+            return False
+        return self._bar is None or (total == self._bar[1] and n >= self._bar[0])
+
+    def _begun_by(self, desc: str) -> int | None:
+        """The step still to come that a new bar of this description begins, if any."""
+        return next(
+            (i for i in self._ahead() if _STEPS[i].line is None and _STEPS[i].bar == desc), None
+        )
+
+    def _advance(self, index: int, message: str) -> None:
+        """Move on to step ``index``: the steps passed on the way count as done."""
+        if index <= self._step:
+            return  # the work never goes back
+        self._step, self._bar, self._fraction = index, None, 0.0
+        stage = _STEPS[index].stage
+        if stage != self._stage:
+            self._report_skips(_WORK.index(stage))
+            self._stage = stage
+            self._send(stage, None, message, force=True)
+        else:
+            self._send(stage, self._stage_fraction(), message)
+
+    def _report_skips(self, before: int) -> None:
+        """Report the skipped stages placed before ``_WORK[before]``, each once."""
+        for stage in _WORK[:before]:
+            if stage in self._skipped and stage not in self._reported:
+                self._reported.add(stage)
+                self._send(stage, None, "loaded from the cache", skipped=True, force=True)
+
+    def _weight(self, index: int) -> float:
+        step = _STEPS[index]
+        return 0.0 if step.stage in self._skipped else step.weight
+
+    def _stage_fraction(self) -> float:
+        """Progress within the current stage: its steps together, in their weights."""
+        stage = _STEPS[self._step].stage
+        steps = [i for i, s in enumerate(_STEPS) if s.stage == stage]
+        done = sum(_STEPS[i].weight for i in steps if i < self._step)
+        done += _STEPS[self._step].weight * self._fraction
+        return min(done / sum(_STEPS[i].weight for i in steps), 1.0)
+
     def _send(
-        self, stage: str, fraction: float | None, message: str, *, skipped: bool = False
+        self,
+        stage: str,
+        fraction: float | None,
+        message: str,
+        *,
+        skipped: bool = False,
+        force: bool = False,
     ) -> None:
-        self._last_sent = time.monotonic()
-        overall = self.overall()
+        now = self._clock()
+        if not force and self._last_sent is not None and now - self._last_sent < MIN_INTERVAL_S:
+            return
+        self._last_sent = now
         self._emit(
             ProgressEvent(
                 stage=stage,
                 fraction=fraction,
-                overall=overall,
+                overall=self.overall(),
                 message=message,
-                elapsed_s=self._last_sent - self._started,
+                elapsed_s=now - self._started,
                 skipped=skipped,
             )
         )
