@@ -443,6 +443,30 @@ def test_config_tells_where_each_value_came_from(nerf_project: FakeProject) -> N
     assert config["model_dir"]["value"] == str(nerf_project.settings.model_dir)
 
 
+@pytest.mark.parametrize(
+    ("where", "env", "source"),
+    [
+        ("app", {}, "search"),
+        ("app", {"NERFCACHE_PROJECT_ROOT": "/srv/nerf"}, "env"),
+        ("", {}, "cwd"),
+    ],
+)
+def test_config_tells_how_project_root_was_found(
+    nerf_project: FakeProject, monkeypatch, where: str, env: dict[str, str], source: str
+) -> None:
+    folder = (nerf_project.root / where) if where else nerf_project.root.parent
+    folder.mkdir(exist_ok=True)
+    monkeypatch.chdir(folder)
+    result = runner.invoke(app, ["config", "--json"], env={"TTY_COMPATIBLE": "0", **env})
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)["project_root"]
+    expected = {"search": nerf_project.root, "env": Path("/srv/nerf"), "cwd": folder}[source]
+    assert (found["value"], found["source"]) == (str(expected), source)
+    table = runner.invoke(app, ["config"], env={"TTY_COMPATIBLE": "0", **env})
+    (row,) = [line for line in table.stdout.splitlines() if line.startswith("project_root")]
+    assert source in row.split()
+
+
 def test_an_invalid_setting_is_one_line(nerf_project: FakeProject) -> None:
     result = cli(nerf_project, "cache", "list", NERFCACHE_TRUNC="abc")
     assert result.exit_code == 2

@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from nerfcache import Settings, get_settings
+from nerfcache.config import find_project_root
 
 STOCK = "main_NeRFFaceSpeech_audio_driven_w_given_poses.py"
 CACHE = "main_NeRFFaceSpeech_audio_driven_w_given_poses_cache.py"
@@ -85,3 +86,43 @@ def test_settings_are_immutable(tmp_path) -> None:
     s = Settings(project_root=tmp_path)
     with pytest.raises(ValidationError):
         s.trunc = 1.0  # type: ignore[misc]
+
+
+def make_project(folder: Path) -> Path:
+    """A project root: a folder holding NeRFFaceSpeech_Code, with the web app's ``app/``."""
+    (folder / "NeRFFaceSpeech_Code").mkdir(parents=True)
+    (folder / "app" / "backend").mkdir(parents=True)
+    return folder
+
+
+def test_project_root_is_found_from_a_subfolder(tmp_path: Path, monkeypatch) -> None:
+    root = make_project(tmp_path / "proj")
+    monkeypatch.chdir(root / "app" / "backend")
+    assert Settings().project_root == root
+    assert Settings().model_dir == root / "NeRFFaceSpeech_Code" / "pretrained_networks"
+    monkeypatch.chdir(root)
+    assert Settings().project_root == root
+
+
+def test_the_nearest_project_root_wins(tmp_path: Path, monkeypatch) -> None:
+    outer = make_project(tmp_path / "outer")
+    inner = make_project(outer / "app" / "inner")
+    monkeypatch.chdir(inner / "app")
+    assert find_project_root() == inner
+    assert find_project_root(outer / "app") == outer
+
+
+def test_environment_and_dotenv_beat_the_search(tmp_path: Path, monkeypatch) -> None:
+    root = make_project(tmp_path / "proj")
+    monkeypatch.chdir(root / "app")
+    (root / "app" / ".env").write_text(f"NERFCACHE_PROJECT_ROOT={tmp_path / 'from-dotenv'}\n")
+    assert Settings().project_root == tmp_path / "from-dotenv"
+    monkeypatch.setenv("NERFCACHE_PROJECT_ROOT", str(tmp_path / "from-env"))
+    assert Settings().project_root == tmp_path / "from-env"
+
+
+def test_without_a_code_folder_above_it_is_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "NeRFFaceSpeech_Code").write_text("a file, not the code folder")
+    (tmp_path / "sub").mkdir()
+    assert find_project_root(tmp_path / "sub") is None
+    assert Settings().project_root == tmp_path  # conftest chdirs into tmp_path

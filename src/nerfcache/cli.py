@@ -38,7 +38,7 @@ from nerfcache.cache import (
     prune,
 )
 from nerfcache.characters import find_test_image
-from nerfcache.config import Settings
+from nerfcache.config import Settings, find_project_root
 from nerfcache.doctor import PROBE_TIMEOUT_S, _bytes, _free_bytes, diagnose
 from nerfcache.errors import InvalidInputError, MissingFileError, NerfCacheError
 from nerfcache.generate import GenerationResult, generate_video, warm
@@ -572,6 +572,9 @@ def doctor_command(
 def config_command(ctx: typer.Context, as_json: Json = False) -> None:
     """Show the effective settings and where each came from: keyword, env, .env or default.
 
+    project_root's default says how it was found: search (the nearest folder at or above the
+    working directory holding NeRFFaceSpeech_Code) or cwd (none: the working directory).
+
     Example: NERFCACHE_TRUNC=0.5 nerfcache config
     """
     settings = _settings(ctx)
@@ -589,7 +592,7 @@ def config_command(ctx: typer.Context, as_json: Json = False) -> None:
             if field in from_env
             else ".env"
             if field in from_dotenv
-            else "default"
+            else _default_source(field)
         )
         rows.append((field, values[field], source, f"NERFCACHE_{field.upper()}"))
     if as_json:
@@ -607,6 +610,13 @@ def config_command(ctx: typer.Context, as_json: Json = False) -> None:
             for field, value, source, variable in rows
         ],
     )
+
+
+def _default_source(field: str) -> str:
+    """Where a field's default came from: ``search`` and ``cwd`` tell apart project_root's two."""
+    if field != "project_root":
+        return "default"
+    return "cwd" if find_project_root() is None else "search"
 
 
 @app.command()

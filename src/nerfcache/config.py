@@ -10,10 +10,32 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["CODE_DIR_NAME", "Settings", "find_project_root", "get_settings"]
 
+CODE_DIR_NAME = "NeRFFaceSpeech_Code"
+"""The NeRF code folder's name: the folder holding it is a project root."""
 STOCK_SCRIPT = "main_NeRFFaceSpeech_audio_driven_w_given_poses.py"
 CACHE_SCRIPT = "main_NeRFFaceSpeech_audio_driven_w_given_poses_cache.py"
+
+
+def find_project_root(start: Path | str | None = None) -> Path | None:
+    """Return the nearest folder at or above ``start`` that holds ``NeRFFaceSpeech_Code``, or None.
+
+    ``start`` defaults to the working directory. Apps often run from a subfolder of their
+    project (the seed's web app from ``app/``); git finds its repository the same way.
+    """
+    here = Path(os.path.abspath(Path.cwd() if start is None else start))
+    for folder in (here, *here.parents):
+        try:
+            if (folder / CODE_DIR_NAME).is_dir():
+                return folder
+        except OSError:  # a folder we may not look into: keep climbing
+            continue
+    return None
+
+
+def _default_project_root() -> Path:
+    return find_project_root() or Path.cwd()
 
 
 def _under(field: str, *parts: str) -> Any:
@@ -33,8 +55,10 @@ class Settings(BaseSettings):
         env_prefix="NERFCACHE_", env_file=".env", extra="ignore", frozen=True
     )
 
-    project_root: Path = Field(default_factory=Path.cwd)
-    nerf_code_dir: Path = _under("project_root", "NeRFFaceSpeech_Code")
+    project_root: Path = Field(default_factory=_default_project_root)
+    """Unset: the nearest folder at or above the working directory that holds
+    ``NeRFFaceSpeech_Code``, else the working directory."""
+    nerf_code_dir: Path = _under("project_root", CODE_DIR_NAME)
     conda_env: Path = _under("project_root", "environment", "nerffacespeech")
     conda_python: Path = _under("conda_env", "bin", "python")
     script: Path = _under("nerf_code_dir", "StyleNeRF", STOCK_SCRIPT)
