@@ -13,15 +13,18 @@ MODULES = [
     "cache",
     "characters",
     "cli",
+    "compat",
     "config",
     "doctor",
     "errors",
     "generate",
     "gpus",
     "launch",
+    "logs",
     "progress",
     "run",
     "testing",
+    "workdir",
 ]
 
 

@@ -17,6 +17,7 @@ from nerfcache.cache import (
     list_caches,
     prune,
 )
+from nerfcache.compat import make_generate_video
 from nerfcache.config import Settings, get_settings
 from nerfcache.doctor import Check, diagnose
 from nerfcache.errors import (
@@ -36,6 +37,7 @@ from nerfcache.generate import (
     warm,
 )
 from nerfcache.launch import LaunchPlan
+from nerfcache.logs import log_to_stdlib, stop_log_to_stdlib
 from nerfcache.progress import ProgressEvent
 
 __all__ = [
@@ -68,10 +70,14 @@ __all__ = [
     "get_settings",
     "import_cache",
     "list_caches",
+    "log_to_stdlib",
+    "make_generate_video",
     "prune",
+    "stop_log_to_stdlib",
     "stream_video",
     "warm",
 ]
 
-# A library adds no log sink; the CLI (or you, with logger.enable("nerfcache")) turns it on.
+# A library adds no log sink; the CLI (or you, with logger.enable("nerfcache") or
+# log_to_stdlib()) turns it on.
 logger.disable("nerfcache")
