@@ -1,8 +1,8 @@
 """Hostile character, model and audio file names: a clear nerfcache error, or a run that works.
 
-Either way nothing is written outside ``cache_root`` and the output folder (the whole test tree
-is compared before and after every example, the system temp dir included), and no shell
-metacharacter ever runs anything.
+Either way nothing is written outside ``cache_root``, ``state_dir`` and the output folder (the
+whole test tree is compared before and after every example, the system temp dir included), and
+no shell metacharacter ever runs anything.
 """
 
 from __future__ import annotations
@@ -105,11 +105,12 @@ class Sandbox:
         self.system_tmp.mkdir()
 
     def allowed(self, path: Path) -> bool:
-        """cache_root, the output folder, and the fake script's own log."""
-        cache_root = self.project.settings.cache_root
+        """cache_root, state_dir, the output folder, and the fake script's own log."""
+        settings = self.project.settings
         return (
             path == self.project.log
-            or path.is_relative_to(cache_root)
+            or path.is_relative_to(settings.cache_root)
+            or path.is_relative_to(settings.state_dir)
             or path.is_relative_to(self.out)
         )
 
