@@ -1,8 +1,10 @@
 """Test without a GPU: a temporary NeRFFaceSpeech project driven by a faithful fake script.
 
 ``make_fake_project(folder)`` lays out the real project structure (scripts at the real paths,
-a conda "Python", a model ``.pkl``, a character with ``images/``) with ``fake_nerf.py`` standing
-in for both NeRF scripts. In a pytest suite, one line gives the ``nerf_project`` fixture::
+the code folder's ``PTI/``, ``SadTalker/`` ... and ``pretrained_networks/`` with stand-in files,
+``frames/``, a conda "Python", a model ``.pkl``, a character with ``images/``) with
+``fake_nerf.py`` standing in for both NeRF scripts. In a pytest suite, one line gives the
+``nerf_project`` fixture::
 
     pytest_plugins = ["nerfcache.testing.pytest_plugin"]
 """
@@ -21,10 +23,15 @@ import zlib
 from pathlib import Path
 
 from nerfcache.config import CACHE_SCRIPT, STOCK_SCRIPT, Settings
+from nerfcache.testing.fake_nerf import CODE_FILES
 
 __all__ = ["FAKE_SCRIPT", "FakeCall", "FakeProject", "make_fake_project", "write_png", "write_wav"]
 
 FAKE_SCRIPT = Path(__file__).with_name("fake_nerf.py")
+STAND_IN_MODULE = (
+    b"# A stand-in: nerfcache's fake NeRF script only checks that this module exists.\n"
+)
+STAND_IN_WEIGHTS = b"fake weights: nerfcache's fake NeRF script only opens this file\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,10 +132,16 @@ def make_fake_project(
     (code / "StyleNeRF").mkdir(parents=True)
     for name in (STOCK_SCRIPT, CACHE_SCRIPT):
         shutil.copyfile(FAKE_SCRIPT, code / "StyleNeRF" / name)
-    # What the real scripts open relative to their working directory.
-    (code / "pretrained_networks").mkdir()
-    (code / "pretrained_networks" / "seg.pth").write_bytes(b"fake segmentation weights")
-    write_png(code / "frames" / "0000.png", (90, 90, 90))
+    # The upstream tree's other top-level folders and the weights under pretrained_networks/:
+    # the fake opens them relative to its working directory where the real scripts do.
+    for relative in CODE_FILES:
+        stand_in = code / relative
+        stand_in.parent.mkdir(parents=True, exist_ok=True)
+        stand_in.write_bytes(STAND_IN_MODULE if stand_in.suffix == ".py" else STAND_IN_WEIGHTS)
+    # Motion guide frames for the default one-second audio (25 fps); neither public repository
+    # ships a frames/ folder, it is the user's.
+    for index in range(25):
+        write_png(code / "frames" / f"{index:04d}.png", (90, 90, 90))
     (code / "pretrained_networks" / model_name).write_bytes(b"fake network " + os.urandom(64))
 
     python = folder / "environment" / "nerffacespeech" / "bin" / "python"
