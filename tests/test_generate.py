@@ -279,7 +279,7 @@ def test_a_portrait_replaced_while_the_run_waited_is_refused(nerf_project: FakeP
 
 def test_an_error_in_a_callback_still_keeps_finished_pti_work(nerf_project: FakeProject) -> None:
     def on_line(line: str) -> None:
-        if line == "rigid fitting":  # PTI is saved; the fit has begun
+        if line == "start rigid fitting":  # PTI is saved; the fit has begun
             raise RuntimeError("the caller's callback failed")
 
     with pytest.raises(RuntimeError, match="callback failed"):
@@ -509,7 +509,7 @@ def test_cancel_from_another_thread(nerf_project: FakeProject) -> None:
     cancel = threading.Event()
 
     def on_line(line: str) -> None:
-        if line == "rigid fitting":  # PTI is saved, the fit has begun
+        if line == "start rigid fitting":  # PTI is saved, the fit has begun
             cancel.set()
 
     settings = nerf_project.with_env(FAKE_NERF_FIT_S="60")
@@ -561,7 +561,8 @@ def test_spaces_and_metacharacters_in_cache_root_and_character(tmp_path: Path) -
 def test_user_files_survive_everything(nerf_project: FakeProject) -> None:
     folder = nerf_project.character_dir()
     (folder / "notes.txt").write_text("mine")
-    (folder / "images" / "extra.jpg").write_bytes(b"not really a jpeg")
+    # A second picture of the user's, sorted after the portrait: never moved, never the portrait.
+    (folder / "images" / "sketch.jpg").write_bytes(b"not really a jpeg")
     before = snapshot(folder)
     portrait = folder / "images" / "portrait.png"
 

@@ -100,14 +100,21 @@ def running_fake_pid(project: FakeProject) -> int:
     return next(c.pid for c in reversed(project.calls()) if c.exit is None)
 
 
-def kill_on(project: FakeProject, marker: str) -> Callable[[str], None]:
-    """An ``on_line`` hook that SIGKILLs the running fake script when a line contains ``marker``."""
+def kill_on(
+    project: FakeProject, marker: str, ready: Callable[[], bool] | None = None
+) -> Callable[[str], None]:
+    """An ``on_line`` hook that SIGKILLs the running fake script when a line contains ``marker``.
+
+    With ``ready``, it waits for that condition after the marker before it kills (for what the
+    script does without printing, such as ffmpeg muxing into pipes nobody reads).
+    """
     fired = False
 
     def hook(line: str) -> None:
         nonlocal fired
         if not fired and marker in line:
             fired = True
+            assert ready is None or wait_until(ready), "the kill's condition never came"
             os.kill(running_fake_pid(project), signal.SIGKILL)
 
     return hook

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,6 @@ case " $* " in
   *" -shortest "*)
     printf 'half a video' > "$last"
     echo $$ > "{pidfile}"
-    echo "MUXING" >&2
     exec sleep 30 ;;
   *) printf 'frames' > "$last" ;;
 esac
@@ -62,7 +62,9 @@ COLD_KILLS: dict[str, tuple[dict[str, str], str | None, frozenset[str]]] = {
     "fitting": ({"FAKE_NERF_FIT_S": "30"}, "rigid fitting", PTI),
     "fitting-saving": ({"FAKE_NERF_KILL_DURING_SAVE": "fitted_coeffs.pt"}, None, PTI),
     "rendering": ({"FAKE_NERF_RENDER_S": "30"}, "Processing frames:   0%", ALL),
-    "mux": ({}, "MUXING", ALL),
+    # The web app's mux sends ffmpeg's output to pipes it never reads: the stub's pid file says
+    # when it muxes (see killed_run).
+    "mux": ({}, "Using ffmpeg:", ALL),
 }
 
 
@@ -96,10 +98,17 @@ def fake_pids(project: FakeProject, stub_pidfile: Path) -> list[int]:
     return pids
 
 
-def killed_run(project: FakeProject, phase: str, stub: Path):
-    env, marker, _ = COLD_KILLS[phase]
+def kill_hook(project: FakeProject, phase: str, pidfile: Path) -> Callable[[str], None] | None:
+    marker = COLD_KILLS[phase][1]
+    if marker is None:
+        return None
+    return kill_on(project, marker, ready=pidfile.exists if phase == "mux" else None)
+
+
+def killed_run(project: FakeProject, phase: str, stub: Path, pidfile: Path):
+    env, _, _ = COLD_KILLS[phase]
     settings = project.with_env(**knobs(phase, env, stub))
-    hook = kill_on(project, marker) if marker else None
+    hook = kill_hook(project, phase, pidfile)
     return generate(project, settings=settings, on_line=hook)
 
 
@@ -112,7 +121,7 @@ def test_script_killed_in_each_phase_of_a_cold_run(nerf_project, ffmpeg_stub, ph
     mine = user_files(nerf_project.character_dir())
     old_video = with_old_video(nerf_project)
 
-    killed = killed_run(nerf_project, phase, stub)
+    killed = killed_run(nerf_project, phase, stub, pidfile)
 
     assert not killed
     assert killed.returncode == -signal.SIGKILL
@@ -148,10 +157,10 @@ def test_script_killed_in_a_warm_run_leaves_the_cache_as_it_was(
     cache = {name: ((folder / name).stat().st_ino, (folder / name).read_bytes()) for name in ALL}
     env = {**COLD_KILLS[phase][0], "FAKE_NERF_RENDER_S": "30"} if phase != "mux" else {}
     settings = nerf_project.with_env(**knobs(phase, env, stub))
-    marker = COLD_KILLS[phase][1]
-    assert marker is not None
+    hook = kill_hook(nerf_project, phase, pidfile)
+    assert hook is not None
 
-    killed = generate(nerf_project, settings=settings, on_line=kill_on(nerf_project, marker))
+    killed = generate(nerf_project, settings=settings, on_line=hook)
 
     assert not killed
     assert killed.cache_hit
