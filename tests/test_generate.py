@@ -463,7 +463,7 @@ def test_two_cold_builds_on_two_gpu_slots_keep_pti_s_files_apart(
     code = nerf_project.settings.nerf_code_dir
     before = tree(code)
     # The fake waits inside PTI until both runs are there, as two GPUs would have them: PTI
-    # writes ./embeddings and ./checkpoints, reads them back and deletes them at its end.
+    # writes ./embeddings and ./checkpoints while it tunes and deletes them at its end.
     settings = nerf_project.with_env(FAKE_NERF_PTI_BARRIER=f"{tmp_path / 'pti'}:2").model_copy(
         update={"gpus": "0,1"}
     )

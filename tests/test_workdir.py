@@ -44,7 +44,7 @@ def test_what_pti_writes_and_deletes_never_reaches_the_code_folder(
     (code / "checkpoints" / "model__p.pt").write_bytes(b"an old run's generator")
     before = tree(code)
     with working_dir(nerf_project.settings, nerf_project.root / "view", builds_pti=True) as cwd:
-        # What PTI does (DESIGN.md section 2): write both folders, read back, rmtree them
+        # What PTI does (DESIGN.md section 2): write into both folders, then rmtree them
         # (rmtree refuses a symbolic link: they must be real folders).
         for name in WRITTEN_DIRS:
             (cwd / name).mkdir(exist_ok=True)

@@ -2,8 +2,9 @@
 
 The scripts run with the code folder as their working directory (DESIGN.md section 2): they read
 ``pretrained_networks/...`` and ``frames`` and import ``PTI``, ``SadTalker`` ... relative to it,
-and PTI writes ``./embeddings`` and ``./checkpoints/model_*.pt`` there, reads them back and
-deletes both folders at its end. Two cold builds sharing that folder destroy each other's files.
+and PTI writes ``./embeddings`` and ``./checkpoints/model_*.pt`` there while it tunes and
+deletes both folders at its end. Two cold builds sharing that folder destroy each other's files:
+the one that ends first deletes the folder the other is still saving into.
 
 Each run therefore gets its own folder holding one symbolic link per entry of the code folder:
 every relative read resolves as before, no weight is copied, and the code folder is never
