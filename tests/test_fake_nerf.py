@@ -642,6 +642,17 @@ def test_fail_at_mux_keeps_complete_cache_files(layout: Layout) -> None:
     assert (last_exit["code"], last_exit["video"]) == (3, False)
 
 
+def test_fail_at_cleanup_exits_1_after_the_video_was_made(layout: Layout) -> None:
+    out = layout.root / "out"
+    result = layout.run(
+        out, cache_dir=layout.root / "c", env=layout.env(FAKE_NERF_FAIL_AT="cleanup")
+    )
+    assert result.returncode == 1
+    assert result.stderr.rstrip().endswith("RuntimeError: simulated failure in cleanup")
+    assert (out / VIDEO).stat().st_size > 0
+    assert (out / "epoch_0_final").is_dir()  # the clean-up never happened
+
+
 def test_fail_at_pti_only_when_computing(layout: Layout) -> None:
     cache = layout.root / "cache"
     env = layout.env(FAKE_NERF_FAIL_AT="pti")

@@ -481,6 +481,21 @@ def test_two_cold_builds_on_two_gpu_slots_keep_pti_s_files_apart(
     assert tree(code) == before  # the code folder is never written to
 
 
+def test_a_video_made_before_the_clean_up_failed_is_delivered(
+    nerf_project: FakeProject, log_messages
+) -> None:
+    settings = nerf_project.with_env(FAKE_NERF_FAIL_AT="cleanup")
+    result = generate(nerf_project, settings=settings, check=True)
+    assert result
+    assert result.returncode == 1
+    assert result.video_path == nerf_project.root / "out" / VIDEO
+    assert result.video_path.stat().st_size > 0
+    assert any(
+        level == "WARNING" and "exited with 1 after making its video" in message
+        for level, message in log_messages
+    )
+
+
 # -- timeout and cancel --
 
 

@@ -802,6 +802,9 @@ def _final_video(job: Job, frames_dir: str) -> None:
         print("ffmpeg -crf 参数不支持\uff0c尝试使用 -b:v 替代")  # the fullwidth comma is real
         if not no_video:
             os.system(mux)
+    # The clean-up can fail only where the file system refuses (a permission, a link in the
+    # way): FAKE_NERF_FAIL_AT=cleanup stands for that, after the video was made.
+    _checkpoint(job, "cleanup")
     epoch_folder = _join(out, "epoch_0_final")
     if Path(epoch_folder).exists():
         shutil.rmtree(epoch_folder)
