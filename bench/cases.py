@@ -487,34 +487,47 @@ def _most_at_once(fake: FakeProject, skip: int) -> int:
 
 
 def streaming(cfg: Config) -> list[Row]:
-    """A child printing 200 MB: the launcher's peak RSS growth and throughput."""
+    """A child printing 200 MB: the launcher's peak RSS growth and its throughput.
+
+    The throughput is measured side by side with its comparator, a plain ``for line in
+    proc.stdout`` over the same child, and so is run_plan alone (without generate_video's
+    progress tracking), which tells the launcher's share of the cost from the tracker's.
+    """
     megabytes = cfg.flood_mb
     samples: dict[str, list[dict[str, float]]] = {"nerfcache": [], "naive": [], "devnull": []}
+    plain: list[float] = []
+    alone: list[float] = []
     with project("stream") as fake:
-        call(fake, fake.root / "warm")  # a warm character: the run is rendering and output only
+        warm = call(fake, fake.root / "warm")  # a warm character: rendering and output only
         extra = json.dumps(fake.settings.extra_env)
-        for _ in range(cfg.slow_reps):
-            for mode, runs in samples.items():
-                done = subprocess.run(
-                    [
-                        sys.executable,
-                        str(PROBE),
-                        "stream",
-                        str(fake.root),
-                        extra,
-                        mode,
-                        str(megabytes),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                    timeout=600,
-                )
-                if done.returncode != 0:
-                    raise RuntimeError(f"stream probe {mode} failed: {done.stderr[-2000:]}")
-                runs.append(json.loads(done.stdout))
+        bare = BareRun(warm, fake.with_env(FAKE_NERF_SPAM_MB=megabytes), fake.root / "plain")
+        portrait = fake.character_dir() / "images" / "portrait.png"
+
+        def probe(mode: str) -> None:
+            samples[mode].append(_stream_probe(fake.root, extra, mode, megabytes))
+
+        def plain_loop() -> None:
+            plain.append(_plain_loop(bare, bare.prepare(fake.audio, portrait)))
+
+        def run_plan_alone() -> None:
+            argv = bare.prepare(fake.audio, portrait)
+            alone.append(_run_plan_alone(bare, argv, warm.script, warm.cache_capable))
+
+        for rep in range(cfg.slow_reps):
+            # nerfcache, its comparator and run_plan alone back to back, in a rotating order.
+            group = [lambda: probe("nerfcache"), plain_loop, run_plan_alone]
+            for measure in group[rep % 3 :] + group[: rep % 3]:
+                measure()
+            probe("naive")
+            probe("devnull")
     growth = {m: Stats.of([r["growth_kib"] / 1024 for r in runs]) for m, runs in samples.items()}
     speed = {m: Stats.of([megabytes / r["seconds"] for r in runs]) for m, runs in samples.items()}
+    speed["plain"] = Stats.of([megabytes / seconds for seconds in plain])
+    speed["alone"] = Stats.of([megabytes / seconds for seconds in alone])
+    ours_by_plain = Stats.of(
+        [seconds / run["seconds"] for seconds, run in zip(plain, samples["nerfcache"], strict=True)]
+    )
+    alone_by_plain = Stats.of([p / a for p, a in zip(plain, alone, strict=True)])
     reset = all(r["peak_reset"] for runs in samples.values() for r in runs)
     bench = "6 streaming"
     ours = growth["nerfcache"]
@@ -545,6 +558,24 @@ def streaming(cfg: Config) -> list[Row]:
         ),
         Row(
             bench,
+            "plain `for line in proc.stdout` (text mode, one pipe): throughput",
+            *speed["plain"].fmt("MiB/s", 1, 0),
+        ),
+        Row(
+            bench,
+            "nerfcache / plain loop, throughput (paired)",
+            *_percent(ours_by_plain),
+            ">= 50%",
+            ours_by_plain.median >= 0.5,
+        ),
+        Row(
+            bench,
+            "run_plan alone (no progress tracking): throughput",
+            *speed["alone"].fmt("MiB/s", 1, 0),
+        ),
+        Row(bench, "run_plan alone / plain loop, throughput (paired)", *_percent(alone_by_plain)),
+        Row(
+            bench,
             "subprocess.run(capture_output=True): throughput",
             *speed["naive"].fmt("MiB/s", 1, 0),
         ),
@@ -555,6 +586,74 @@ def streaming(cfg: Config) -> list[Row]:
             f"{speed['nerfcache'].median / speed['devnull'].median:.0%}",
         ),
     ]
+
+
+def _stream_probe(root: Path, extra: str, mode: str, megabytes: int) -> dict[str, float]:
+    """One run of ``probe.py stream`` in a fresh interpreter (for its peak RSS)."""
+    done = subprocess.run(
+        [sys.executable, str(PROBE), "stream", str(root), extra, mode, str(megabytes)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"stream probe {mode} failed: {done.stderr[-2000:]}")
+    result: dict[str, float] = json.loads(done.stdout)
+    return result
+
+
+def _percent(ratios: Stats) -> tuple[str, str]:
+    """The median ratio and its range, as percentages."""
+    low, high = min(ratios.samples), max(ratios.samples)
+    return f"{ratios.median:.0%}", f"range {low:.0%} to {high:.0%}, n={len(ratios.samples)}"
+
+
+def _run_plan_alone(
+    bare: BareRun, argv: tuple[str, ...], script: Path, cache_capable: bool
+) -> float:
+    """Seconds to run ``argv`` through run_plan alone.
+
+    That is the streaming without generate_video's cache work and progress tracking.
+    """
+    from nerfcache.launch import LaunchPlan  # noqa: PLC0415 - for this measure only
+    from nerfcache.run import run_plan  # noqa: PLC0415
+
+    plan = LaunchPlan(
+        argv=argv, cwd=bare.cwd, env=bare.env, script=script, cache_capable=cache_capable
+    )
+    start = time.perf_counter()
+    outcome = run_plan(plan)
+    seconds = time.perf_counter() - start
+    if outcome.returncode != 0:
+        raise RuntimeError(f"run_plan's child failed with {outcome.returncode}")
+    return seconds
+
+
+def _plain_loop(bare: BareRun, argv: tuple[str, ...]) -> float:
+    """Seconds to run ``argv`` and read its output with a plain loop.
+
+    Read as run_plan reads it: both streams in one pipe, decoded, split at newlines and
+    carriage returns (text mode's universal newlines).
+    """
+    start = time.perf_counter()
+    with subprocess.Popen(
+        argv,
+        cwd=bare.cwd,
+        env=dict(bare.env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    ) as proc:
+        assert proc.stdout is not None
+        for _line in proc.stdout:
+            pass
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"the plain loop's child failed with {proc.returncode}")
+    return seconds
 
 
 # -- 7. listing --

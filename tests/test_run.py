@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sys
 import textwrap
 import threading
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
 from nerfcache.launch import LaunchPlan
 from nerfcache.run import MAX_LINE_CHARS, TAIL_LINES, LineSplitter, run_plan
@@ -95,20 +99,110 @@ def test_a_line_at_the_limit_is_kept_whole_counting_characters_not_bytes() -> No
     assert _split(LineSplitter(max_chars=10), ("é" * 10).encode()) == ["é" * 10]
 
 
-def test_feeding_50_mb_without_a_newline_keeps_the_buffer_bounded() -> None:
+def _peak_bytes_while(action) -> int:
+    """The most memory Python allocated while ``action`` ran, beyond what it held before."""
+    tracemalloc.start()
+    try:
+        action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_feeding_50_mb_without_a_newline_keeps_memory_bounded() -> None:
     splitter = LineSplitter()
     chunk = b"x" * (1 << 16)
-    for _ in range(50 * 16):  # 50 MB, in the pieces run_plan reads
-        assert list(splitter.feed(chunk)) == []
-        assert len(splitter._buffer) <= 4 * MAX_LINE_CHARS
+
+    def feed() -> None:
+        for _ in range(50 * 16):  # 50 MB, in the pieces a pipe hands over
+            assert list(splitter.feed(chunk)) == []
+
+    assert _peak_bytes_while(feed) < 1 << 20
     assert list(splitter.feed(b"\nafter\n")) == ["x" * MAX_LINE_CHARS + TRUNCATED, "after"]
 
 
-def test_one_50_mb_feed_without_a_newline_keeps_the_buffer_bounded() -> None:
+def test_one_50_mb_feed_without_a_newline_keeps_no_copy_of_it() -> None:
     splitter = LineSplitter()
-    assert list(splitter.feed(b"x" * (50 << 20))) == []
-    assert len(splitter._buffer) <= 4 * MAX_LINE_CHARS
+    data = b"x" * (50 << 20)
+    # Decoding the feed is one copy; the line kept until its end is MAX_LINE_CHARS long.
+    assert _peak_bytes_while(lambda: list(splitter.feed(data))) < len(data) + (1 << 20)
     assert list(splitter.close()) == ["x" * MAX_LINE_CHARS + TRUNCATED]
+
+
+@pytest.mark.parametrize("cut", range(1, 12))
+def test_a_multibyte_character_split_at_any_byte_is_decoded_whole(cut) -> None:
+    encoded = "a\U0001f600绫\né\n".encode()  # 4-, 3- and 2-byte characters
+    assert _split(LineSplitter(), encoded[:cut], encoded[cut:]) == ["a\U0001f600绫", "é"]
+
+
+def test_a_multibyte_character_fed_one_byte_at_a_time_is_decoded_whole() -> None:
+    encoded = "绫波丽 \U0001f600\r\n".encode()
+    assert _split(LineSplitter(), *(encoded[i : i + 1] for i in range(len(encoded)))) == [
+        "绫波丽 \U0001f600"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        pytest.param((b"ab\xe7\xbb", b"\ncd\n"), ["ab\ufffd", "cd"], id="cut-off-before-newline"),
+        pytest.param((b"ab\xe7", b"\xbbcd\n"), ["ab\ufffdcd"], id="bad-continuation-next-feed"),
+        pytest.param((b"ab\xf0\x9f",), ["ab\ufffd"], id="cut-off-at-the-end"),
+    ],
+)
+def test_an_incomplete_character_is_one_replacement_character(chunks, expected) -> None:
+    assert _split(LineSplitter(), *chunks) == expected
+
+
+def test_crlf_and_lone_cr_across_many_feeds_give_every_line_once() -> None:
+    data = b"".join(b"line %d\r\n" % i if i % 3 else b"bar %d\r" % i for i in range(1000))
+    for size in (1, 2, 7, 4096):
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        expected = [f"line {i}" if i % 3 else f"bar {i}" for i in range(1000)]
+        assert _split(LineSplitter(), *chunks) == expected
+
+
+def test_a_long_line_of_multibyte_characters_over_many_feeds_is_cut_at_the_limit() -> None:
+    encoded = ("绫" * 50).encode() + b"\nnext\n"
+    chunks = [encoded[i : i + 5] for i in range(0, len(encoded), 5)]  # cuts inside characters
+    assert _split(LineSplitter(max_chars=10), *chunks) == ["绫" * 10 + TRUNCATED, "next"]
+
+
+def _lines_of_the_whole(data: bytes, max_chars: int) -> list[str]:
+    """The lines of ``data`` read in one piece: what any cutting of it into feeds must give."""
+    lines = data.decode("utf-8", errors="replace").replace("\r", "\n").split("\n")
+    return [
+        line[:max_chars] + TRUNCATED if len(line) > max_chars else line for line in lines if line
+    ]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_any_cutting_into_feeds_gives_the_lines_of_the_whole_stream(seed) -> None:
+    rng = random.Random(seed)  # noqa: S311 - test data, reproducible by its seed
+    parts = [
+        b"ok",
+        b"\n",
+        b"\r",
+        b"\r\n",
+        "绫波".encode(),
+        "\U0001f600".encode(),
+        b"\xff",
+        b"\xe7\xbb",
+    ]
+    data = b"".join(rng.choice([*parts, b"x" * rng.randint(1, 40)]) for _ in range(400))
+    cuts = sorted(rng.sample(range(1, len(data)), k=rng.choice([1, 4, 60])))
+    chunks = [data[start:end] for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    assert _split(LineSplitter(max_chars=16), *chunks) == _lines_of_the_whole(data, 16)
+
+
+def test_long_and_short_lines_in_one_feed_are_each_bounded() -> None:
+    data = b"a" * 11 + b"\rb\n" + b"c" * 10 + b"\n" + b"d" * 30
+    assert _split(LineSplitter(max_chars=10), data) == [
+        "a" * 10 + TRUNCATED,
+        "b",
+        "c" * 10,
+        "d" * 10 + TRUNCATED,
+    ]
 
 
 # --- run_plan: output ---------------------------------------------------------------------------
@@ -266,6 +360,146 @@ def test_on_line_receives_every_line_in_order(tmp_path) -> None:
     assert seen == [str(i) for i in range(1000)]
 
 
+def test_stdout_and_stderr_lines_keep_the_order_they_were_written_in(tmp_path) -> None:
+    seen: list[str] = []
+    run_plan(
+        _plan(
+            tmp_path,
+            """
+            import sys
+            for i in range(200):
+                stream = sys.stderr if i % 3 else sys.stdout
+                stream.write(f"line {i}\\n")
+                stream.flush()
+            """,
+        ),
+        on_line=seen.append,
+    )
+    assert seen == [f"line {i}" for i in range(200)]
+
+
+def test_a_flood_of_short_lines_arrives_whole_and_in_order(tmp_path) -> None:
+    seen: list[str] = []
+    outcome = run_plan(
+        _plan(
+            tmp_path,
+            """
+            import sys
+            block = "".join(f"frame {i:07d} ok\\r\\n" for i in range(100_000)).encode()
+            sys.stdout.buffer.write(block)  # 2 MB in one write: many reads, lines cut between them
+            """,
+        ),
+        on_line=seen.append,
+    )
+    assert seen == [f"frame {i:07d} ok" for i in range(100_000)]
+    assert outcome.log_tail == tuple(seen[-TAIL_LINES:])
+
+
+def test_a_bar_redrawn_among_many_lines_keeps_one_entry_in_the_tail(tmp_path) -> None:
+    outcome = run_plan(
+        _plan(
+            tmp_path,
+            f"""
+            import sys
+            bar = {BAR!r}
+            lines = [f"before {{i}}" for i in range(1000)]
+            lines += [bar.format(pct=n * 10, bar="#" * n, n=n) for n in range(11)] * 50
+            lines += [f"after {{i}}" for i in range(10)]
+            sys.stdout.write("\\n".join(lines) + "\\n")  # one write: lines arrive in big reads
+            """,
+        ),
+    )
+    before = tuple(f"before {i}" for i in range(1000 - (TAIL_LINES - 11), 1000))
+    assert outcome.log_tail == (*before, _bar(10), *(f"after {i}" for i in range(10)))
+
+
+@pytest.fixture
+def warnings_and_up() -> Iterator[list[tuple[str, str]]]:
+    """What nerfcache logs to a sink at WARNING, as the CLI has without --verbose."""
+    messages: list[tuple[str, str]] = []
+    logger.enable("nerfcache")
+    sink = logger.add(
+        lambda m: messages.append((m.record["level"].name, m.record["message"])), level="WARNING"
+    )
+    yield messages
+    logger.remove(sink)
+    logger.disable("nerfcache")
+
+
+def test_a_sink_at_warning_gets_the_warnings_and_errors_among_a_flood(
+    tmp_path, warnings_and_up
+) -> None:
+    seen: list[str] = []
+    run_plan(
+        _plan(
+            tmp_path,
+            """
+            import sys
+            lines = [f"frame {i}" for i in range(20_000)]
+            lines[5000] = "Warning: low GPU memory"
+            lines[9000] = "CUDA ERROR: out of memory"
+            lines[9001] = "Fatal: giving up"
+            lines[12000] = "EXCEPT\u0130ON caught"  # re's IGNORECASE matches i to dotted I
+            lines[15000] = "UserWarning: deprecated"  # no level word on its own: INFO
+            sys.stdout.write("\\n".join(lines) + "\\n")
+            """,
+        ),
+        on_line=seen.append,
+    )
+    assert len(seen) == 20_000
+    assert warnings_and_up == [
+        ("WARNING", "Warning: low GPU memory"),
+        ("ERROR", "CUDA ERROR: out of memory"),
+        ("ERROR", "Fatal: giving up"),
+        ("ERROR", "EXCEPT\u0130ON caught"),
+    ]
+
+
+def test_a_traceback_in_a_flood_is_logged_at_error_to_its_last_line(
+    tmp_path, warnings_and_up
+) -> None:
+    run_plan(
+        _plan(
+            tmp_path,
+            """
+            import sys
+            lines = [f"frame {i}" for i in range(10_000)]
+            lines[5000:5000] = [
+                "Traceback (most recent call last):",
+                '  File "x.py", line 1, in <module>',
+                "    render()",
+                "RuntimeError: boom",
+            ]
+            sys.stdout.write("\\n".join(lines) + "\\n")
+            """,
+        ),
+    )
+    assert [level for level, _ in warnings_and_up] == ["ERROR"] * 4
+    assert warnings_and_up[-1] == ("ERROR", "RuntimeError: boom")
+
+
+def test_while_the_log_is_disabled_nothing_is_logged_and_every_line_is_passed_on(tmp_path):
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level=0)
+    seen: list[str] = []
+    try:
+        outcome = run_plan(
+            _plan(tmp_path, "print('warning: x'); print('error: y'); print('z')"),
+            on_line=seen.append,
+        )
+    finally:
+        logger.remove(sink)
+    assert outcome.returncode == 0
+    assert messages == []
+    assert seen == ["warning: x", "error: y", "z"]
+
+
+def test_every_line_is_logged_once_and_nothing_else(tmp_path, log_messages) -> None:
+    run_plan(_plan(tmp_path, "for i in range(5000): print('warning' if i % 7 else 'line', i)"))
+    lines = [m for _, m in log_messages if not m.startswith(("started pid", "pid "))]
+    assert lines == [f"{'warning' if i % 7 else 'line'} {i}" for i in range(5000)]
+
+
 # --- run_plan: timeout, cancel, kill ------------------------------------------------------------
 
 
@@ -282,6 +516,38 @@ def test_a_timeout_kills_the_child(tmp_path) -> None:
     )
     assert outcome.timed_out
     assert not outcome.cancelled
+    assert outcome.returncode is None
+    assert wait_until(lambda: process_gone(_first_int(seen)))
+
+
+@pytest.mark.parametrize("stop", ["timeout", "cancel"])
+def test_a_child_flooding_its_output_is_stopped(tmp_path, stop) -> None:
+    cancel = threading.Event()
+    seen: list[str] = []
+
+    def on_line(line: str) -> None:
+        if not seen:
+            seen.append(line)
+            if stop == "cancel":
+                cancel.set()
+
+    outcome = run_plan(
+        _plan(
+            tmp_path,
+            """
+            import os, sys
+            print(os.getpid(), flush=True)
+            block = b"flood\\n" * 10_000 + b"x" * 100_000 + b"\\r"
+            while True:
+                sys.stdout.buffer.write(block)
+            """,
+        ),
+        timeout=0.5 if stop == "timeout" else 30,
+        cancel=cancel,
+        on_line=on_line,
+    )
+    assert outcome.timed_out == (stop == "timeout")
+    assert outcome.cancelled == (stop == "cancel")
     assert outcome.returncode is None
     assert wait_until(lambda: process_gone(_first_int(seen)))
 

@@ -3,10 +3,15 @@
 stdout and stderr share one pipe, read by one loop (no reader threads): lines keep their order,
 memory stays bounded whatever the child prints, and a child that never closes its output cannot
 hang the caller past its timeout.
+
+The loop works on what one read returns, not line by line where it can: a script may print
+hundreds of MiB (tqdm redraws, per-frame lines), and the launcher should keep up with a plain
+``for line in proc.stdout``.
 """
 
 from __future__ import annotations
 
+import codecs
 import collections
 import contextlib
 import dataclasses
@@ -20,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -34,9 +39,16 @@ TAIL_LINES = 40
 KILL_GRACE_S = 5.0
 DRAIN_S = 2.0
 POLL_S = 0.2
+READ_BYTES = 1 << 16  # all a pipe holds on Linux by default
+_TRUNCATED = " [line truncated]"
 _PROGRESS = re.compile(r"\d+%\|")
 _WARNING = re.compile(r"\bwarn(ing)?\b", re.IGNORECASE)
 _ERROR = re.compile(r"\b(error|exception|fatal)\b", re.IGNORECASE)
+# A line that is not progress holds one of these, lowercased, if it is a traceback's start or
+# matches one of the two patterns above: "excep", not "exception", because re's IGNORECASE also
+# matches "i" to the Turkish dotted and dotless I.
+_LEVEL_WORDS = ("traceback (most recent call last)", "error", "excep", "fatal", "warn")
+_TRACEBACK = "Traceback (most recent call last)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,41 +63,50 @@ class RunOutcome:
 
 
 class LineSplitter:
-    r"""Split a byte stream into lines on ``\\n`` and ``\\r`` (tqdm redraws), bounded in memory."""
+    r"""Split a byte stream into lines on ``\n`` and ``\r`` (tqdm redraws), bounded in memory.
+
+    Lines are decoded as UTF-8 with replacement characters (a character split between two
+    feeds is decoded whole), empty lines are dropped, and a line longer than ``max_chars``
+    characters is cut there and marked "[line truncated]".
+    """
 
     def __init__(self, max_chars: int = MAX_LINE_CHARS) -> None:
         self._max = max_chars
-        self._buffer = bytearray()
-        self._overflow = False
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""  # the line begun but not ended, at most max_chars + 1 characters
 
-    def feed(self, data: bytes) -> Iterator[str]:
-        """Yield the complete lines in ``data``, decoded with replacement characters."""
-        start = 0
-        for match in re.finditer(rb"[\r\n]", data):
-            yield from self._line(data[start : match.start()])
-            start = match.end()
-        self._append(data[start:])
+    def feed(self, data: bytes) -> list[str]:
+        """The lines that ``data`` completes."""
+        return self._split(self._decoder.decode(data))
 
-    def close(self) -> Iterator[str]:
-        """Yield what is left after the stream ended."""
-        yield from self._line(b"")
+    def close(self) -> list[str]:
+        """What is left after the stream ended."""
+        return self._split(self._decoder.decode(b"", final=True) + "\n")
 
-    def _append(self, data: bytes) -> None:
-        room = self._max * 4 - len(self._buffer)  # UTF-8: at most 4 bytes a character
-        if len(data) > room:
-            self._overflow = True
-            data = data[: max(room, 0)]
-        self._buffer += data
+    def _split(self, text: str) -> list[str]:
+        # A few passes in C over the whole read, rather than a few Python steps per line.
+        text = (self._partial + text).replace("\r", "\n")
+        lines = text.split("\n")
+        self._partial = lines.pop()[: self._max + 1]
+        if _has_long_line(text, self._max):
+            lines = [
+                line[: self._max] + _TRUNCATED if len(line) > self._max else line for line in lines
+            ]
+        return list(filter(None, lines))
 
-    def _line(self, data: bytes) -> Iterator[str]:
-        self._append(data)
-        if self._buffer or self._overflow:
-            text = self._buffer.decode("utf-8", errors="replace")
-            if self._overflow or len(text) > self._max:
-                text = text[: self._max] + " [line truncated]"
-            yield text
-        self._buffer.clear()
-        self._overflow = False
+
+def _has_long_line(text: str, limit: int) -> bool:
+    """Whether ``text`` has more than ``limit`` characters between two newlines or its ends.
+
+    In a few steps of about ``limit`` characters each, rather than a length per line.
+    """
+    start = 0
+    while len(text) - start > limit:
+        newline = text.rfind("\n", start, start + limit + 1)
+        if newline < 0:
+            return True
+        start = newline + 1
+    return False
 
 
 class _Classifier:
@@ -94,8 +115,20 @@ class _Classifier:
     def __init__(self) -> None:
         self._in_traceback = False
 
+    def levels(self, lines: list[str]) -> list[str]:
+        """The level of each line, in order."""
+        # The usual read holds nothing but plain lines and progress bars: a few scans of the
+        # whole read cost less than two case-insensitive regexes per line.
+        text = "\n".join(lines).lower()
+        if self._in_traceback or any(word in text for word in _LEVEL_WORDS):
+            return [self.level(line) for line in lines]
+        if "%|" in text:
+            return ["DEBUG" if _is_progress(line) else "INFO" for line in lines]
+        return ["INFO"] * len(lines)
+
     def level(self, line: str) -> str:
-        if line.startswith("Traceback (most recent call last)"):
+        """The level of one line, following a traceback from its first line to its last."""
+        if line.startswith(_TRACEBACK):
             self._in_traceback = True
             return "ERROR"
         if self._in_traceback:
@@ -145,6 +178,7 @@ class _Run:
         self.on_line = on_line
         self.log = log
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.classifier = _Classifier()
         self.timed_out = self.cancelled = False
         self.proc = subprocess.Popen(
             (*_die_with_parent(), *plan.argv),
@@ -191,7 +225,7 @@ class _Run:
         with selectors.DefaultSelector() as selector:
             assert self.proc.stdout is not None  # noqa: S101 - a PIPE above
             selector.register(self.proc.stdout, selectors.EVENT_READ)
-            splitter, classifier = LineSplitter(), _Classifier()
+            splitter = LineSplitter()
             exited_at: float | None = None
             while selector.get_map():
                 if exited_at is None:
@@ -204,9 +238,8 @@ class _Run:
                     return  # something outside the group still holds the pipe: stop reading
                 # Wake up now and then to notice an exit, a timeout or a cancel when silent.
                 for key, _ in selector.select(POLL_S):
-                    data = os.read(key.fd, 1 << 16)
-                    for line in splitter.feed(data) if data else splitter.close():
-                        self._emit(line, classifier.level(line))
+                    data = os.read(key.fd, READ_BYTES)
+                    self._emit(splitter.feed(data) if data else splitter.close())
                     if not data:
                         selector.unregister(key.fileobj)
 
@@ -219,15 +252,63 @@ class _Run:
         if self.timed_out or self.cancelled:
             _terminate_group(self.proc)
 
-    def _emit(self, line: str, level: str) -> None:
-        tail = self.tail
+    def _emit(self, lines: list[str]) -> None:
+        """Pass each line to the tail, to the log at its level and to ``on_line``."""
+        _add_to_tail(self.tail, lines)
+        log, on_line = self.log, self.on_line
+        # Working out levels is the dearest part of a line: skip it when no sink takes even an
+        # error from here, as for a library by default (the "nerfcache" logger is disabled).
+        # The classifier then misses those lines; a traceback that began in them is no longer
+        # followed once someone listens again.
+        if lines and _listens(log, "ERROR"):
+            heard = {"ERROR": True}  # level -> whether anyone listens, asked once per read
+            for line, level in zip(lines, self.classifier.levels(lines), strict=True):
+                if level not in heard:
+                    heard[level] = _listens(log, level)
+                if heard[level]:
+                    log.log(level, "{}", line)
+                if on_line is not None:
+                    on_line(line)
+        elif on_line is not None:
+            for line in lines:
+                on_line(line)
+
+
+class _Heard(Exception):
+    """Raised by the probe of ``_listens`` when loguru evaluates it."""
+
+
+def _heard() -> str:
+    raise _Heard
+
+
+def _listens(log: Any, level: str) -> bool:
+    """Whether a sink takes records at ``level`` from this module, without logging one.
+
+    loguru has no public ``isEnabledFor``; its migration guide's stand-in is ``opt(lazy=True)``,
+    whose arguments are called only for a record that some sink's level admits from an enabled
+    module. This probe's argument raises when it is called, so nothing is logged.
+    """
+    try:
+        log.opt(lazy=True).log(level, "{}", _heard)
+    except _Heard:
+        return True
+    return False
+
+
+def _add_to_tail(tail: collections.deque[str], lines: list[str]) -> None:
+    """Append ``lines``, keeping a progress bar's latest redraw rather than all of them."""
+    recent = lines[-TAIL_LINES:]
+    if "%|" not in "\n".join(recent):
+        # No progress bar among the last lines: they are the tail's newest entries as they are,
+        # and the lines before them would have been pushed out.
+        tail.extend(recent)
+        return
+    for line in lines:
         if tail and _is_progress(line) and _is_progress(tail[-1]):
-            tail[-1] = line  # keep a progress bar's latest redraw, not all of them
+            tail[-1] = line
         else:
             tail.append(line)
-        self.log.log(level, "{}", line)
-        if self.on_line is not None:
-            self.on_line(line)
 
 
 def _is_progress(line: str) -> bool:
