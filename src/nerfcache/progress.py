@@ -94,6 +94,7 @@ class ProgressTracker:
         self._skipped: frozenset[str] = frozenset()
         self._reported: set[str] = set()
         self._overall = 0.0
+        self._update_ahead()
 
     def plan(self, *, pti: bool, fitting: bool) -> None:
         """Say which expensive stages this run will do; the others are reported as skipped.
@@ -102,6 +103,7 @@ class ProgressTracker:
         after loading, with the overall reached there), or at ``done``.
         """
         self._skipped = frozenset(s for s, runs in (("pti", pti), ("fitting", fitting)) if not runs)
+        self._update_ahead()
 
     def stage(self, stage: str, message: str = "") -> None:
         """Enter ``stage`` (no-op if already there, or past it for the script's work stages)."""
@@ -116,9 +118,13 @@ class ProgressTracker:
 
     def line(self, line: str) -> None:
         r"""Read one line of the script's output (tqdm redraws split at ``\r``)."""
-        for text in re.split(r"[\r\n]", line):
-            if text.strip():
+        # Called for every line a run prints (hundreds of MB at worst): the common case, a line
+        # that is neither a bar nor a marker, costs two substring tests.
+        if "\r" in line or "\n" in line:
+            for text in re.split(r"[\r\n]", line):
                 self._read(text)
+        else:
+            self._read(line)
 
     def overall(self) -> float:
         """Estimated fraction of the whole run that is done; it never goes back."""
@@ -132,15 +138,13 @@ class ProgressTracker:
         return self._overall
 
     def _read(self, text: str) -> None:
-        match = _BAR.match(text) if "%|" in text else None
-        if match is not None:
-            self._redraw(match["desc"] or "", int(match["n"]), int(match["total"]), text.strip())
-            return
-        for index in self._ahead():
-            marker = _STEPS[index].line
-            if marker is not None and text.startswith(marker):
-                self._advance(index, text.strip())
-                return
+        if "%|" in text:
+            if match := _BAR.match(text):
+                desc, n, total = match["desc"] or "", int(match["n"]), int(match["total"])
+                self._redraw(desc, n, total, text.strip())
+        elif text.startswith(self._markers):
+            index = next(i for i, marker in self._marked if text.startswith(marker))
+            self._advance(index, text.strip())
 
     def _redraw(self, desc: str, n: int, total: int, message: str) -> None:
         """Follow a tqdm redraw: the current step's bar moving, or the bar beginning a step."""
@@ -152,13 +156,18 @@ class ProgressTracker:
                 return  # someone else's bar (a download, a library): not the script's progress
             self._advance(begun, message)
         self._bar, self._fraction = (n, total), min(n / total, 1.0)
-        self._send(self._stage, self._stage_fraction(), message, force=n >= total)
+        # Most redraws are throttled away: decide that before computing the stage's fraction.
+        last = self._last_sent
+        if n >= total or last is None or self._clock() - last >= MIN_INTERVAL_S:
+            self._send(self._stage, self._stage_fraction(), message, force=True)
 
-    def _ahead(self) -> list[int]:
-        """The steps still to come that this run will do, in order."""
-        return [
+    def _update_ahead(self) -> None:
+        """Note the steps still to come that this run will do, and the lines that begin them."""
+        self._ahead = tuple(
             i for i in range(self._step + 1, len(_STEPS)) if _STEPS[i].stage not in self._skipped
-        ]
+        )
+        self._marked = tuple((i, m) for i in self._ahead if (m := _STEPS[i].line) is not None)
+        self._markers = tuple(marker for _, marker in self._marked)
 
     def _measures(self, desc: str, n: int, total: int) -> bool:
         """Whether this redraw continues the bar of the step the script is at."""
@@ -169,7 +178,7 @@ class ProgressTracker:
     def _begun_by(self, desc: str) -> int | None:
         """The step still to come that a new bar of this description begins, if any."""
         return next(
-            (i for i in self._ahead() if _STEPS[i].line is None and _STEPS[i].bar == desc), None
+            (i for i in self._ahead if _STEPS[i].line is None and _STEPS[i].bar == desc), None
         )
 
     def _advance(self, index: int, message: str) -> None:
@@ -177,6 +186,7 @@ class ProgressTracker:
         if index <= self._step:
             return  # the work never goes back
         self._step, self._bar, self._fraction = index, None, 0.0
+        self._update_ahead()
         stage = _STEPS[index].stage
         if stage != self._stage:
             self._report_skips(_WORK.index(stage))
