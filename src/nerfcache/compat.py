@@ -30,7 +30,7 @@ from nerfcache.config import Settings
 from nerfcache.errors import GenerationError, InvalidInputError, NerfCacheError
 from nerfcache.generate import GenerationResult, generate_video
 from nerfcache.launch import find_script
-from nerfcache.run import _Classifier
+from nerfcache.run import LineClassifier
 
 __all__ = ["LOGGER_NAME", "CompatLauncher", "make_generate_video"]
 
@@ -159,7 +159,7 @@ class CompatLauncher:
 
 def _line_logger() -> Callable[[str], None]:
     """A fresh ``on_line`` for one run (the classifier follows tracebacks across lines)."""
-    classifier = _Classifier()
+    classifier = LineClassifier()
 
     def log_line(line: str) -> None:
         _log.log(_LINE_LEVELS.get(classifier.level(line), logging.INFO), "%s", line)

@@ -32,7 +32,7 @@ from loguru import logger
 
 from nerfcache.launch import LaunchPlan
 
-__all__ = ["LineSplitter", "RunOutcome", "run_plan"]
+__all__ = ["LineClassifier", "LineSplitter", "RunOutcome", "run_plan"]
 
 MAX_LINE_CHARS = 4096
 TAIL_LINES = 40
@@ -109,7 +109,7 @@ def _has_long_line(text: str, limit: int) -> bool:
     return False
 
 
-class _Classifier:
+class LineClassifier:
     """Pick a log level for each line: tracebacks and errors at ERROR, progress at DEBUG."""
 
     def __init__(self) -> None:
@@ -178,7 +178,7 @@ class _Run:
         self.on_line = on_line
         self.log = log
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        self.classifier = _Classifier()
+        self.classifier = LineClassifier()
         self.timed_out = self.cancelled = False
         self.proc = subprocess.Popen(
             (*_die_with_parent(), *plan.argv),
