@@ -3,6 +3,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -390,6 +392,87 @@ def test_exit_zero_without_a_video_is_a_failure(nerf_project: FakeProject) -> No
     with pytest.raises(GenerationError, match="made no video") as info:
         generate(nerf_project, settings=settings, check=True)
     assert info.value.result is not None and info.value.result.returncode == 0
+
+
+# -- where the video goes --
+
+
+def _squatter(project: FakeProject) -> Path:
+    (project.root / "out" / VIDEO).mkdir(parents=True)
+    return project.root / "out"
+
+
+OUTPUT_PROBLEMS = {
+    "a file": (lambda p: write_png(p.root / "out.png", (1, 1, 1)), "exists and is not a folder"),
+    "under a file": (
+        lambda p: write_png(p.root / "out.png", (1, 1, 1)) / "videos",
+        "cannot be created: .* is a file",
+    ),
+    "a folder in the video's place": (_squatter, f"holds a folder named {VIDEO}"),
+    "in a character's .nerfcache": (
+        lambda p: p.character_dir() / ".nerfcache" / "videos",
+        "inside nerfcache's own folder",
+    ),
+    "in state_dir": (lambda p: p.settings.state_dir / "videos", "inside nerfcache's own folder"),
+}
+
+
+@pytest.mark.parametrize(("make", "says"), OUTPUT_PROBLEMS.values(), ids=OUTPUT_PROBLEMS.keys())
+def test_an_output_path_that_cannot_take_the_video_is_refused_before_the_run(
+    nerf_project: FakeProject, tmp_path: Path, make, says: str
+) -> None:
+    out = make(nerf_project)
+    before = tree(tmp_path)
+    with pytest.raises(InvalidInputError, match=says) as info:
+        generate(nerf_project, out)
+    assert info.value.field == "output_path"
+    assert str(out) in str(info.value)
+    assert nerf_project.calls() == []
+    assert tree(tmp_path) == before
+
+
+def test_an_unwritable_output_folder_is_refused_before_the_run(
+    nerf_project: FakeProject, tmp_path: Path
+) -> None:
+    read_only = tmp_path / "mount"
+    read_only.mkdir()
+    out = read_only / "videos"
+    # A read-only mount (root writes through any file mode): the command in a mount namespace.
+    command = [
+        "unshare", "-m", "sh", "-c", 'mount --bind -o ro "$1" "$1" && shift && exec "$@"', "sh",
+        str(read_only), sys.executable, "-m", "nerfcache", "--project-root",
+        str(nerf_project.root), "generate", str(nerf_project.audio), "ayanami", str(out),
+        "--model", "ffhq.pkl",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert f"output_path '{out}' cannot be created: '{read_only}' is not writable" in done.stderr
+    assert nerf_project.calls() == []
+
+
+def test_a_video_that_cannot_be_delivered_after_the_run_is_kept(
+    nerf_project: FakeProject,
+) -> None:
+    out = nerf_project.root / "out"
+
+    def take_the_folder_away(line: str) -> None:
+        if line.startswith("video processing"):  # the run is past every check of its inputs
+            out.rmdir()
+            out.write_text("someone put a file here")
+
+    out.mkdir()
+    result = generate(nerf_project, out, on_line=take_the_folder_away)
+    assert not result
+    assert result.video_path is None
+    assert result.kept_video is not None
+    assert result.kept_video.parent == nerf_project.settings.state_dir / "undelivered"
+    assert result.kept_video.stat().st_size > 0
+    assert result.error is not None
+    assert f"could not be put in {out}" in result.error
+    assert f"it is kept at {result.kept_video}" in result.error
+    assert set(result.published) == set(CACHE_FILES)  # the run's cache work is kept too
+    assert published(nerf_project) == set(CACHE_FILES)
+    assert staging_left(nerf_project) == []
 
 
 # -- concurrency --

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from loguru import logger
 
-from nerfcache.cache import CacheStatus, CharacterCache, Fingerprint, digest_memo
+from nerfcache.cache import META_DIR, CacheStatus, CharacterCache, Fingerprint, digest_memo
 from nerfcache.characters import (
     find_test_image,
     resolve_audio,
@@ -88,6 +88,11 @@ class GenerationResult:
     run_id: str
     gpu: str | None = None
     """The GPU slot's card (``CUDA_VISIBLE_DEVICES``), when ``settings.gpus`` is set."""
+    error: str | None = None
+    """Why no video was delivered, in a sentence; None when ``ok``."""
+    kept_video: Path | None = None
+    """Where the video was kept when it was made but could not be put in ``output_dir``
+    (``{state_dir}/undelivered/``); None otherwise."""
 
     def __bool__(self) -> bool:
         return self.ok
@@ -136,13 +141,42 @@ def _check_inputs(
     return _Inputs(character, script, cache_capable, image, network, fingerprint, versions)
 
 
-def _output_dir(output_path: Path | str) -> Path:
+def _output_dir(output_path: Path | str, settings: Settings) -> Path:
+    """Check that the video can be delivered into ``output_path``, creating nothing yet.
+
+    Found now, not after minutes of GPU work: a folder that is a file, or cannot be created or
+    written, a folder squatting on the video's name, a place inside nerfcache's own state.
+    """
     output_dir = Path(os.path.abspath(output_path))
-    if output_dir.exists() and not output_dir.is_dir():
-        raise InvalidInputError(
-            f"output_path {str(output_dir)!r} exists and is not a folder",
-            field="output_path",
-            value=output_path,
+
+    def refuse(why: str) -> InvalidInputError:
+        return InvalidInputError(
+            f"output_path {str(output_dir)!r} {why}", field="output_path", value=output_path
+        )
+
+    real = Path(os.path.realpath(output_dir))
+    for own in (settings.cache_root, settings.state_dir):
+        own_real = Path(os.path.realpath(own))
+        if real.is_relative_to(own_real) and (
+            own is settings.state_dir or META_DIR in real.relative_to(own_real).parts
+        ):
+            raise refuse(f"is inside nerfcache's own folder {own}: choose another folder")
+    existing = output_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise refuse(
+            "exists and is not a folder"
+            if existing == output_dir
+            else f"cannot be created: {str(existing)!r} is a file"
+        )
+    if (output_dir / VIDEO_NAME).is_dir():
+        raise refuse(f"holds a folder named {VIDEO_NAME}, where the video must go: move it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise refuse(
+            "is not writable by this user"
+            if existing == output_dir
+            else f"cannot be created: {str(existing)!r} is not writable by this user"
         )
     return output_dir
 
@@ -197,7 +231,7 @@ def generate_video(
         )
     settings = settings or get_settings()
     audio = resolve_audio(audio_path)
-    output_dir = _output_dir(output_path)
+    output_dir = _output_dir(output_path, settings)
     inputs = _check_inputs(settings, character, model_name, test_image)
     timeout = timeout if timeout is not None else settings.timeout_s
     tracker = ProgressTracker(on_progress or (lambda _event: None))
@@ -224,13 +258,9 @@ def generate_video(
     if outcome.cancelled:
         tracker.stage("failed", "cancelled")
         raise GenerationCancelled(f"NeRF run for {character!r} was cancelled", result=result)
-    last = result.log_tail[-1] if result.log_tail else "no output"
-    tracker.stage("done" if result else "failed", "video ready" if result else last)
+    tracker.stage("done" if result else "failed", result.error or "video ready")
     if check and not result:
-        raise GenerationError(
-            f"NeRF run for {character!r} made no video (exit code {result.returncode}): {last}",
-            result=result,
-        )
+        raise GenerationError(f"NeRF run for {character!r}: {result.error}", result=result)
     return result
 
 
@@ -325,14 +355,13 @@ def _run(
                     published: tuple[str, ...] = ()
                 else:
                     published = cache.publish(staging, image=image, network=network)
-        ok = _made_video(outcome, staging.path / VIDEO_NAME, log)
-        video_path = (
-            _move_into_place(staging.path / VIDEO_NAME, output_dir / VIDEO_NAME) if ok else None
-        )
+        delivery = _deliver(outcome, staging.path / VIDEO_NAME, output_dir, settings, log)
+        if delivery.error is not None:
+            log.error("no video delivered: {}", delivery.error)
     result = GenerationResult(
-        ok=ok,
+        ok=delivery.error is None,
         returncode=outcome.returncode,
-        video_path=video_path,
+        video_path=delivery.video_path,
         output_dir=output_dir,
         cache_dir=cache.path,
         script=inputs.script,
@@ -345,35 +374,58 @@ def _run(
         log_tail=outcome.log_tail,
         run_id=staging.run_id,
         gpu=gpu,
+        error=delivery.error,
+        kept_video=delivery.kept,
     )
     return result, outcome
 
 
-def _made_video(outcome: RunOutcome, video: Path, log: Any) -> bool:
-    """Whether the run made its video: the file is there and the script was not killed.
+@dataclasses.dataclass(frozen=True)
+class _Delivery:
+    video_path: Path | None = None
+    error: str | None = None
+    kept: Path | None = None
 
-    Exit 0 is not enough: the scripts ignore ffmpeg's failure. Nor is it needed: the staging dir
-    starts without a video, the mux that makes it runs to its end before the script goes on,
-    and all that follows is the clean-up of ``epoch_0_final/`` and ``out_refine.mp4``. A script
-    that exited with an error after making its video (that clean-up failed) made a whole video,
-    as the original launcher judged too; a script killed by a signal (a timeout, a cancel, the
-    OOM killer) may have been killed inside the mux, so its file is not trusted.
+
+def _deliver(
+    outcome: RunOutcome, video: Path, output_dir: Path, settings: Settings, log: Any
+) -> _Delivery:
+    """Put the run's video in ``output_dir`` if the run made one; else say why not.
+
+    Made means: the file is there and the script exited rather than being killed. Exit 0 is not
+    enough: the scripts ignore ffmpeg's failure. Nor is it needed: the staging dir starts
+    without a video, the mux that makes it runs to its end before the script goes on, and all
+    that follows is the clean-up of ``epoch_0_final/`` and ``out_refine.mp4``. A script that
+    exited with an error after making its video (that clean-up failed) made a whole video, as
+    the original launcher judged too; a script killed by a signal (a timeout, a cancel, the OOM
+    killer) may have died inside the mux, so its file is not trusted.
     """
-    made = video.is_file() and video.stat().st_size > 0
     code = outcome.returncode
-    if not made:
-        log.error("no video: the script exited with {}", code)
-        return False
-    if code is None or code < 0:
-        log.error("the script was killed (exit {}): its video is not trusted", code)
-        return False
-    if code > 0:
-        log.warning(
-            "the script exited with {} after making its video (its clean-up failed): the video"
-            " is kept",
-            code,
-        )
-    return True
+    if not (video.is_file() and video.stat().st_size > 0):
+        last = outcome.log_tail[-1] if outcome.log_tail else "no output"
+        error = f"the script made no video (exit code {code}): {last}"
+    elif code is None or code < 0:
+        error = f"the script was killed (exit code {code}): its video is not trusted"
+    else:
+        if code > 0:
+            log.warning(
+                "the script exited with {} after making its video (its clean-up failed): the"
+                " video is delivered",
+                code,
+            )
+        try:
+            return _Delivery(video_path=_move_into_place(video, output_dir / VIDEO_NAME))
+        except OSError as problem:
+            # output_dir was checked before the run; it went away, filled up or was locked
+            # since. The video is GPU minutes of work: keep it where the user can get it.
+            kept = _keep(video, settings)
+            error = (
+                f"the video was made but could not be put in {output_dir}"
+                f" ({problem.strerror or problem}); "
+                + (f"it is kept at {kept}" if kept else "it could not be kept either")
+            )
+            return _Delivery(error=error, kept=kept)
+    return _Delivery(error=error)
 
 
 def warm(
@@ -563,6 +615,15 @@ def _shell_safe(path: Path) -> Iterator[Path]:
         yield base / "run"
     finally:
         shutil.rmtree(base)  # removes the link, never what it points to
+
+
+def _keep(video: Path, settings: Settings) -> Path | None:
+    """Move an undeliverable video to ``{state_dir}/undelivered/``; None if that fails too."""
+    run_id = video.parent.name  # the staging dir is named for its run
+    try:
+        return _move_into_place(video, settings.state_dir / "undelivered" / f"{run_id}.mp4")
+    except OSError:
+        return None
 
 
 def _move_into_place(source: Path, target: Path) -> Path:
