@@ -146,6 +146,22 @@ def test_warm_builds_once_and_reports_each_character(nerf_project: FakeProject) 
     assert len(nerf_project.calls()) == 1
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["cache", "list"], ["cache", "prune", "--keep", "1", "--yes"]],
+    ids=["list", "prune"],
+)
+def test_a_missing_cache_root_is_a_wrong_setting_not_zero_caches(
+    nerf_project: FakeProject, command: list[str]
+) -> None:
+    root = nerf_project.settings.cache_root
+    shutil.rmtree(root)
+    result = cli(nerf_project, *command)
+    assert result.exit_code == 2
+    assert f"cache_root {root} does not exist" in result.stderr
+    assert not root.exists()
+
+
 def test_cache_list_json_and_plain(nerf_project: FakeProject) -> None:
     build(nerf_project)
     nerf_project.add_character("rei")

@@ -110,7 +110,8 @@ def find_test_image(
                 return images[0].absolute()
     raise MissingFileError(
         f"no test image for character {character!r}: put a .jpg or .png in {folder / 'images'},"
-        " register it in settings.characters, or pass test_image=",
+        " register it in settings.characters, or give the portrait (test_image=, or --image on"
+        " the command line)",
         path=folder / "images",
     )
 

@@ -229,7 +229,7 @@ def list_command(ctx: typer.Context, as_json: Json = False) -> None:
 
     Example: nerfcache cache list --json | jq -r '.[] | select(.status == "stale") | .character'
     """
-    settings = _settings(ctx)
+    settings = _existing_cache_root(_settings(ctx))
     caches = list_caches(settings)
     if as_json:
         _print_json([_info_json(info) for info in caches])
@@ -429,7 +429,11 @@ def prune_command(
     if max_size is None and older_than is None and keep is None:
         raise typer.BadParameter("give --max-size, --older-than or --keep")
     result = prune(
-        _settings(ctx), max_bytes=max_size, older_than=older_than, keep=keep, dry_run=not yes
+        _existing_cache_root(_settings(ctx)),
+        max_bytes=max_size,
+        older_than=older_than,
+        keep=keep,
+        dry_run=not yes,
     )
     if as_json:
         _print_json(
@@ -693,6 +697,17 @@ def _settings(ctx: typer.Context) -> Settings:
     if options.project_root is not None:
         return Settings(project_root=options.project_root)
     return Settings()
+
+
+def _existing_cache_root(settings: Settings) -> Settings:
+    """``settings``, if its cache_root exists: a missing one is a wrong setting, not 0 caches."""
+    if not settings.cache_root.is_dir():
+        raise MissingFileError(
+            f"cache_root {settings.cache_root} does not exist: set cache_root (environment"
+            " variable NERFCACHE_CACHE_ROOT) or project_root (--project-root)",
+            path=settings.cache_root,
+        )
+    return settings
 
 
 def _cache(settings: Settings, character: str) -> CharacterCache:
