@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from nerfcache import Settings
 from nerfcache.doctor import Check, diagnose
 from nerfcache.testing import FakeProject, make_fake_project
 
@@ -91,3 +92,10 @@ def test_doctor_says_which_stock_script_it_found(
     message = _by_name(diagnose(project.settings))["script"].message
     assert said in message
     assert message.startswith(f"the stock script {script} (")
+
+
+def test_a_folder_that_is_no_project_is_said_first(tmp_path: Path) -> None:
+    checks = diagnose(Settings(project_root=tmp_path), timeout=5)
+    first_error = next(c for c in checks if c.level == "error")
+    assert first_error.name == "project_root"
+    assert "does not look like a NeRFFaceSpeech project" in first_error.message

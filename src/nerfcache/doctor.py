@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from nerfcache.cache import FindingLevel
-from nerfcache.config import Settings
+from nerfcache.config import CODE_DIR_NAME, Settings
 from nerfcache.launch import plan_launch
 
 __all__ = ["LOW_DISK_BYTES", "PROBE_TIMEOUT_S", "Check", "diagnose"]
@@ -63,7 +63,15 @@ def diagnose(settings: Settings, *, timeout: float = PROBE_TIMEOUT_S) -> list[Ch
         )
         return exists
 
-    folder("project_root", "the project")
+    if folder("project_root", "the project") and not settings.nerf_code_dir.is_dir():
+        # Everything else follows from a wrong root: say that first, not as the seventh error.
+        check(
+            "project_root",
+            "error",
+            f"{settings.project_root} does not look like a NeRFFaceSpeech project: it has no"
+            f" {CODE_DIR_NAME} folder (run from the project, or pass --project-root)",
+            "project_root",
+        )
     code = folder("nerf_code_dir", "the NeRFFaceSpeech code")
     folder("conda_env", "the conda env, whose bin/ goes first on PATH,", level="warning")
     # Probes run as the scripts do: the environment (PATH, PYTHONPATH, extra_env) and working
