@@ -1,9 +1,16 @@
-"""The example app in examples/fastapi_app, driven with httpx against the fake NeRF script."""
+"""The example app in examples/fastapi_app, driven in-process with httpx against the fake script.
+
+Two apps over one data folder stand for two uvicorn workers here; tests/test_example_workers.py
+runs the real thing.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,14 +19,15 @@ import httpx
 import pytest
 
 from examples.fastapi_app import app as example
-from nerfcache import CacheStatus, CharacterCache, Settings
-from nerfcache.testing import FakeProject
+from examples.fastapi_app.jobs import SqliteJobStore
+from nerfcache import CacheStatus, CharacterCache, Settings, warm
+from nerfcache.testing import FakeProject, write_png
 from tests.conftest import process_gone
 
 Client = httpx.AsyncClient
 
 
-def serve(settings: Settings, data: Path, test: Callable[[Client], Awaitable[Any]]) -> Any:
+def serve(settings: Settings, data: Path | None, test: Callable[[Client], Awaitable[Any]]) -> Any:
     """Run ``test`` against a fresh app in one event loop (the app's runs live in it too)."""
 
     async def main() -> Any:
@@ -30,27 +38,59 @@ def serve(settings: Settings, data: Path, test: Callable[[Client], Awaitable[Any
     return asyncio.run(main())
 
 
+def serve_two(
+    settings: Settings, data: Path, test: Callable[[Client, Client], Awaitable[Any]]
+) -> Any:
+    """Run ``test`` against two apps sharing ``data``, as two workers share it."""
+
+    def client(app: Any) -> Client:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app")
+
+    async def main() -> Any:
+        first = example.create_app(settings, data_dir=data)
+        second = example.create_app(settings, data_dir=data)
+        async with client(first) as one, client(second) as two:
+            return await test(one, two)
+
+    return asyncio.run(main())
+
+
 async def post(
-    client: Client, project: FakeProject, character: str = "ayanami", model: str = "ffhq.pkl"
+    client: Client,
+    project: FakeProject,
+    character: str = "ayanami",
+    model: str = "ffhq.pkl",
+    portrait: bytes | None = None,
 ):
-    return await client.post(
-        "/videos",
-        data={"character": character, "model": model},
-        files={"audio": ("my speech; rm -rf ~.wav", project.audio.read_bytes(), "audio/wav")},
-    )
+    files = {"audio": ("my speech; rm -rf ~.wav", project.audio.read_bytes(), "audio/wav")}
+    if portrait is not None:
+        files["portrait"] = ("../../me.png", portrait, "image/png")
+    return await client.post("/videos", data={"character": character, "model": model}, files=files)
 
 
-async def sse(client: Client, job_id: str) -> list[tuple[str, dict[str, Any]]]:
+async def sse(
+    client: Client, job_id: str, headers: dict[str, str] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
     """Read the event stream to its end: (event name, data) pairs."""
+    return [(name, data) for name, data, _ in await sse_with_ids(client, job_id, headers)]
+
+
+async def sse_with_ids(
+    client: Client, job_id: str, headers: dict[str, str] | None = None
+) -> list[tuple[str, dict[str, Any], str | None]]:
+    """Read the event stream to its end: (event name, data, id) triples."""
     events = []
-    async with client.stream("GET", f"/videos/{job_id}/events") as response:
+    async with client.stream("GET", f"/videos/{job_id}/events", headers=headers) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
-        name = ""
+        name, event_id = "", None
         async for line in response.aiter_lines():
             if line.startswith("event: "):
                 name = line.removeprefix("event: ")
+            elif line.startswith("id: "):
+                event_id = line.removeprefix("id: ")
             elif line.startswith("data: "):
-                events.append((name, json.loads(line.removeprefix("data: "))))
+                events.append((name, json.loads(line.removeprefix("data: ")), event_id))
+                event_id = None
     return events
 
 
@@ -166,3 +206,119 @@ def test_a_broken_installation_fails_the_job_instead_of_hanging_it(nerf_project,
         assert "NERFCACHE_CONDA_PYTHON" in view["error"]
 
     serve(nerf_project.settings, tmp_path / "data", test)
+
+
+@pytest.fixture
+def png(tmp_path: Path) -> bytes:
+    return write_png(tmp_path / "upload.png", (10, 20, 30)).read_bytes()
+
+
+def test_another_worker_sees_status_events_cancel_and_the_video(nerf_project, tmp_path, png):
+    async def test(runs: Client, other: Client) -> None:
+        job_id = (await post(runs, nerf_project)).json()["id"]
+        assert (await sse(other, job_id))[-1][0] == "done"
+        assert (await other.get(f"/videos/{job_id}")).json()["status"] == "done"
+        video = await other.get(f"/videos/{job_id}/file")
+        assert video.content.startswith(b"NERFCACHE FAKE VIDEO")
+
+        slow = (await post(runs, nerf_project, character="rei", portrait=png)).json()["id"]
+        await poll(other, slow, lambda v: (v["progress"] or {}).get("stage") == "pti")
+        # The other app does not run the job: the running one notices the request and stops.
+        assert (await other.delete(f"/videos/{slow}")).json()["status"] == "cancelled"
+        assert (await sse(runs, slow))[-1][0] == "cancelled"
+
+    warm("ayanami", "ffhq.pkl", settings=nerf_project.settings)  # fast, before PTI takes 60 s
+    serve_two(nerf_project.with_env(FAKE_NERF_PTI_S="60"), tmp_path / "data", test)
+    slow_call = nerf_project.calls()[-1]
+    assert slow_call.exit is None  # killed in PTI
+    assert process_gone(slow_call.pid)
+
+
+def test_events_resume_after_the_last_event_id(nerf_project, tmp_path) -> None:
+    async def test(client: Client) -> None:
+        job_id = (await post(client, nerf_project)).json()["id"]
+        events = await sse_with_ids(client, job_id)
+        ids = [event_id for name, _, event_id in events if name == "progress"]
+        assert all(ids) and len(ids) > 2
+        resumed = await sse_with_ids(client, job_id, headers={"Last-Event-ID": str(ids[1])})
+        assert [e for e in resumed if e[0] == "progress"] == [
+            e for e in events if e[0] == "progress"
+        ][2:]
+        assert resumed[-1][0] == "done"
+
+    serve(nerf_project.settings, tmp_path / "data", test)
+
+
+def test_a_job_whose_worker_died_ends_failed(nerf_project, tmp_path, monkeypatch) -> None:
+    store = SqliteJobStore(tmp_path / "data" / "jobs.sqlite3")
+    store.create("orphan", "ayanami", "ffhq.pkl")  # as a worker killed mid-run leaves it
+    monkeypatch.setattr(example, "LOST_AFTER_S", 0.0)
+
+    async def test(client: Client) -> None:
+        view = (await client.get("/videos/orphan")).json()
+        assert view["status"] == "failed"
+        assert "stopped" in view["error"]
+        assert (await sse(client, "orphan"))[-1][0] == "failed"
+
+    serve(nerf_project.settings, tmp_path / "data", test)
+
+
+def test_a_portrait_makes_a_new_character(nerf_project, tmp_path, png) -> None:
+    async def test(client: Client) -> None:
+        assert [c["name"] for c in (await client.get("/characters")).json()] == ["ayanami"]
+        response = await post(client, nerf_project, character="绫波丽", portrait=png)
+        assert response.status_code == 202
+        assert (await sse(client, response.json()["id"]))[-1][0] == "done"
+        listed = (await client.get("/characters")).json()
+        assert {"name": "绫波丽", "status": "warm", "portrait": True} in listed
+        # Its cache belongs to that portrait: another one under the same name is refused.
+        again = await post(client, nerf_project, character="绫波丽", portrait=png)
+        assert again.status_code == 409
+        assert "already has a portrait" in again.json()["detail"]
+        not_an_image = await post(client, nerf_project, character="rei", portrait=b"GIF89a")
+        assert not_an_image.status_code == 422
+        assert "PNG or JPEG" in not_an_image.json()["detail"]
+
+    serve(nerf_project.settings, tmp_path / "data", test)
+    portrait = nerf_project.character_dir("绫波丽") / "images" / "portrait.png"
+    assert portrait.read_bytes() == png  # under our name, never the uploader's "../../me.png"
+    assert not nerf_project.character_dir("rei").exists()
+    assert len(nerf_project.calls()) == 1
+
+
+def test_the_page_and_what_it_lists(nerf_project, tmp_path) -> None:
+    async def test(client: Client) -> None:
+        page = await client.get("/")
+        assert page.headers["content-type"].startswith("text/html")
+        # Self-contained: the machines it runs on often have no internet.
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", page.text)
+        assert "EventSource" in page.text
+        assert (await client.get("/models")).json() == ["ffhq.pkl"]
+        listed = (await client.get("/characters")).json()
+        assert listed == [{"name": "ayanami", "status": "cold", "portrait": True}]
+        assert page.headers[example.WORKER_HEADER] == str(os.getpid())
+
+    serve(nerf_project.settings, tmp_path / "data", test)
+
+
+def test_jobs_and_videos_live_in_the_data_folder_not_in_tmp(
+    nerf_project, tmp_path, monkeypatch
+) -> None:
+    tmp = tmp_path / "tmp"  # the temporary folder of this process and its children
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+
+    async def test(client: Client) -> str:
+        job_id: str = (await post(client, nerf_project)).json()["id"]
+        assert (await sse(client, job_id))[-1][0] == "done"
+        return job_id
+
+    job_id = serve(nerf_project.settings, None, test)
+    data = nerf_project.root / "nerfcache-app"
+    assert (data / "jobs.sqlite3").is_file()
+    assert (data / "videos" / job_id / "output_NeRFFaceSpeech.mp4").is_file()
+    assert list(tmp.iterdir()) == []
+
+    monkeypatch.setenv(example.DATA_ENV, "elsewhere")
+    assert example.data_folder(nerf_project.settings) == Path.cwd() / "elsewhere"
