@@ -27,6 +27,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 WAIT_MS = 30_000
+expect.set_options(timeout=WAIT_MS)  # waits for a condition; the test's own timeout still holds
 
 
 @pytest.fixture

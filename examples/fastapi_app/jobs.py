@@ -61,7 +61,11 @@ class Job:
 
 
 class JobStore(Protocol):
-    """What the app needs from wherever its jobs live; every call is short."""
+    """What the app needs from wherever its jobs live.
+
+    Every call is short (a statement or two, no fsync), so the app makes them from its event
+    loop; a store whose calls may wait longer should hand them to a thread.
+    """
 
     def create(self, job_id: str, character: str, model: str) -> Job:
         """Record a new running job."""
