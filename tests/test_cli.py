@@ -131,8 +131,9 @@ def test_generate_failed_run_is_exit_1(nerf_project: FakeProject) -> None:
         env={"NERFCACHE_EXTRA_ENV": json.dumps(extra)},
     )
     assert result.exit_code == 1
-    assert "error: no video (the script exited with 1)" in result.stderr
+    assert "error: no video: the script made no video (exit code 1)" in result.stderr
     assert "rendering" in result.stderr  # the last lines of the script's output
+    assert "failed:" not in result.stderr  # said once, as the error
 
 
 def test_warm_builds_once_and_reports_each_character(nerf_project: FakeProject) -> None:

@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import tempfile
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -164,7 +165,7 @@ def generate_command(
         typer.echo(f"cache: {how}")
         typer.echo(f"time:  {result.duration_s:.1f} s")
     if not result:
-        typer.echo(f"error: no video (the script exited with {result.returncode})", err=True)
+        typer.echo(f"error: no video: {result.error}", err=True)
         for line in result.log_tail[-5:]:
             typer.echo(f"  {line}", err=True)
         raise typer.Exit(1)
@@ -733,7 +734,8 @@ def _progress_reporter() -> Iterator[Callable[[ProgressEvent], None]]:
         stages: list[str] = []
 
         def plain(event: ProgressEvent) -> None:
-            if not stages or stages[-1] != event.stage:
+            # A failure is the command's own last word (its "error:" line), not a stage.
+            if event.stage != "failed" and (not stages or stages[-1] != event.stage):
                 stages.append(event.stage)
                 typer.echo(f"{event.stage}: {event.message}", err=True)
 
@@ -752,7 +754,8 @@ def _progress_reporter() -> Iterator[Callable[[ProgressEvent], None]]:
     def bar(event: ProgressEvent) -> None:
         progress.start()  # on the first event: bad inputs fail before any bar shows
         what = "skipped, cached" if event.skipped else event.message
-        progress.update(task, completed=event.overall, description=f"{event.stage}: {what}"[:50])
+        description = textwrap.shorten(f"{event.stage}: {what}", 50, placeholder=" ...")
+        progress.update(task, completed=event.overall, description=description)
 
     try:
         yield bar
