@@ -749,12 +749,16 @@ def test_spawned_child_shares_the_process_group(layout: Layout) -> None:
 
 
 def test_ffmpeg_mode_makes_a_real_mp4(layout: Layout) -> None:
-    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    import imageio_ffmpeg  # the [video] extra, part of [dev]
+
     env = layout.env(FAKE_NERF_FFMPEG=imageio_ffmpeg.get_ffmpeg_exe())
     result = layout.run(layout.root / "out", cache_dir=layout.root / "c", env=env)
     assert result.returncode == 0, result.stderr
     video = (layout.root / "out" / VIDEO).read_bytes()
     assert video[4:8] == b"ftyp"
+    # H.264 and AAC, as the web app's mux makes them: what a browser's <video> plays.
+    assert b"avc1" in video
+    assert b"mp4a" in video
 
 
 def test_wav_length_sets_the_frame_count(layout: Layout) -> None:

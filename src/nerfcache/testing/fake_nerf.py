@@ -783,9 +783,12 @@ def _final_video(job: Job, frames_dir: str) -> None:
         argv += ["-t", f"{count / FPS:.2f}", "-r", str(FPS), "-vf", "scale=128:128"]
         argv += ["-pix_fmt", "yuv420p", "-c:v", "mpeg4", refine]
         subprocess.run(argv, check=False, stdin=subprocess.DEVNULL)
+        # The web app's mux re-encodes with libx264 (upstream's copies the stream): H.264 is
+        # also what a browser's <video> plays.
         mux = (
             f"{shlex.quote(ffmpeg)} -y -loglevel error -i {audio} -i {out}/out_refine.mp4"
-            f" -c:v copy -c:a aac -shortest {out}/{FINAL_VIDEO}"
+            f" -c:v libx264 -preset ultrafast -crf 23 -pix_fmt yuv420p -c:a aac -b:a 128k"
+            f" -movflags +faststart -shortest {out}/{FINAL_VIDEO}"
         )
     else:
         Path(refine).write_bytes(PLACEHOLDER + job.token.encode() + b"\n")
