@@ -1,10 +1,12 @@
-"""The README's Server-Sent Events snippet, run as written: errors reach the client."""
+"""The README's snippets, run as written: the SSE app (errors reach the client), the pytest one."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,3 +89,25 @@ def test_a_failed_run_is_an_error_event(app, nerf_project, monkeypatch) -> None:
     name, data = body.strip().splitlines()[-2:]
     assert name == "event: error"
     assert "simulated failure in rendering" in json.loads(data.removeprefix("data: "))
+
+
+def test_the_readme_s_pytest_example_passes_and_writes_only_in_tmp_path(tmp_path: Path) -> None:
+    section = README.read_text(encoding="utf-8").split("### Testing your app without a GPU", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match, "the README's testing section has no Python snippet"
+    conftest, test = match.group(1).split("# test_app.py\n")
+    folder = tmp_path / "users_app"
+    folder.mkdir()
+    (folder / "conftest.py").write_text(conftest)
+    (folder / "test_app.py").write_text(test)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "."],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
+    assert sorted(p.name for p in folder.iterdir()) == ["conftest.py", "test_app.py"]
