@@ -506,16 +506,17 @@ async def agenerate_video(
     )
     future = _in_thread(call, loop)
     try:
-        return await asyncio.shield(future)
+        await _settled(future)
     except asyncio.CancelledError:
         cancel.set()
         # Wait for the worker to kill the run and clean up before letting the cancel through.
         while not future.done():
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({future})
+                await _settled(future)
         if not future.cancelled():
             future.exception()  # retrieved: the cancellation is what the caller sees
         raise
+    return future.result()
 
 
 async def stream_video(
@@ -550,6 +551,20 @@ async def stream_video(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def _settled(future: asyncio.Future[Any], wake_s: float = 0.2) -> None:
+    """Wait until ``future`` is done, waking the loop every ``wake_s`` seconds meanwhile.
+
+    The wake-ups are for signal handlers that hand their work to the loop with ``call_soon``,
+    which does not wake a loop asleep in its selector (only ``call_soon_threadsafe`` does).
+    ipykernel's is one: the notebook's stop button sends SIGINT, and for an awaited cell its
+    handler schedules the cancel of the cell's task that way (tornado's ``add_callback``, called
+    from the loop's own thread). Without a wake-up that cancel waited for the next event, after
+    the whole run when the run reports nothing (ipython/ipykernel#881).
+    """
+    while not future.done():
+        await asyncio.wait({future}, timeout=wake_s)
 
 
 def _in_loop(
