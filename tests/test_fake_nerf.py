@@ -749,7 +749,7 @@ def test_spawned_child_shares_the_process_group(layout: Layout) -> None:
 
 
 def test_ffmpeg_mode_makes_a_real_mp4(layout: Layout) -> None:
-    import imageio_ffmpeg  # the [video] extra, part of [dev]
+    import imageio_ffmpeg  # type: ignore[import-untyped]  # the [video] extra, in [dev]
 
     env = layout.env(FAKE_NERF_FFMPEG=imageio_ffmpeg.get_ffmpeg_exe())
     result = layout.run(layout.root / "out", cache_dir=layout.root / "c", env=env)

@@ -158,7 +158,6 @@ def test_a_new_video_replaces_an_old_one(nerf_project: FakeProject) -> None:
 
 
 def test_real_mp4_with_ffmpeg(tmp_path: Path) -> None:
-    pytest.importorskip("imageio_ffmpeg")
     project = make_fake_project(tmp_path / "p", real_video=True)
     result = generate(project)
     assert result
