@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,26 @@ def test_command_runs_as_a_real_process(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "warm" in done.stdout
+
+
+def test_a_reader_that_leaves_early_gets_no_broken_pipe_error(tmp_path: Path) -> None:
+    # `nerfcache config | head -1`: a pipe whose reader is gone (closed before the command runs,
+    # so that every write meets it closed).
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "nerfcache", "--project-root", str(tmp_path), "config"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert "Broken pipe" not in done.stderr
+    assert "error" not in done.stderr.lower()
 
 
 def test_help_lists_the_demo() -> None:
@@ -275,6 +296,7 @@ def test_a_terminal_gets_tables_and_a_progress_bar(nerf_project: FakeProject) ->
     listed = cli(nerf_project, "cache", "list", TTY_COMPATIBLE="1")
     assert listed.exit_code == 0, listed.output
     assert "│ ayanami" in listed.stdout
+    assert "1 character in " in listed.stdout  # not "1 characters"
 
 
 def test_cache_clear_of_a_cache_in_use(nerf_project: FakeProject) -> None:

@@ -66,8 +66,10 @@ class _Group(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except (NerfCacheError, ValidationError, OSError) as error:
-            if isinstance(ctx.obj, _Options) and ctx.obj.debug:
-                raise
+            if (isinstance(ctx.obj, _Options) and ctx.obj.debug) or isinstance(
+                error, BrokenPipeError
+            ):
+                raise  # a closed pipe (`nerfcache config | head`): click ends quietly
             typer.echo(f"error: {_describe(error)}", err=True)
             bad_input = (InvalidInputError, MissingFileError, ValidationError)
             raise typer.Exit(2 if isinstance(error, bad_input) else 1) from None
@@ -252,7 +254,7 @@ def list_command(ctx: typer.Context, as_json: Json = False) -> None:
     )
     total = sum(info.total_bytes for info in caches)
     typer.echo(
-        f"{len(caches)} characters in {settings.cache_root}: {_bytes(total)} of caches,"
+        f"{_count(len(caches), 'character')} in {settings.cache_root}: {_bytes(total)} of caches,"
         f" {_bytes(_free_bytes(settings.cache_root))} free"
     )
 
@@ -491,7 +493,8 @@ def export_command(
         )
     header = export_cache(character, destination, settings=_settings(ctx), compress=gzip)
     size = sum(header.cache.files.values())
-    typer.echo(f"exported {character}: {len(header.cache.files)} files, {_bytes(size)}", err=True)
+    files = _count(len(header.cache.files), "file")
+    typer.echo(f"exported {character}: {files}, {_bytes(size)}", err=True)
 
 
 @cache_app.command("import")
@@ -524,7 +527,7 @@ def import_command(
     settings = _settings(ctx)
     done = import_cache(source, settings=settings, character=name, trust=True)
     files = done.manifest.files
-    line = f"imported {done.character}: {len(files)} files, {_bytes(sum(files.values()))}"
+    line = f"imported {done.character}: {_count(len(files), 'file')}, {_bytes(sum(files.values()))}"
     if done.replaced in (CacheStatus.WARM, CacheStatus.PTI_ONLY):
         line += f"; the {done.replaced.value} cache that was there is set aside"
     elif done.replaced is not CacheStatus.COLD:
@@ -698,6 +701,10 @@ def _settings(ctx: typer.Context) -> Settings:
     if options.project_root is not None:
         return Settings(project_root=options.project_root)
     return Settings()
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _existing_cache_root(settings: Settings) -> Settings:
