@@ -42,24 +42,24 @@ def test_demo_refuses_a_folder_in_use(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
 
 
-def test_command_runs_as_a_real_process(tmp_path: Path) -> None:
+def test_the_demo_as_a_real_process_shows_its_steps_and_leaves_nothing(tmp_path: Path) -> None:
+    system_tmp = tmp_path / "tmp"
+    system_tmp.mkdir()
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nerfcache",
-            "demo",
-            "--folder",
-            str(tmp_path / "d"),
-            "--scale",
-            "0",
-        ],
+        [sys.executable, "-m", "nerfcache", "demo", "--scale", "0"],
         capture_output=True,
         text=True,
         check=False,
+        timeout=60,
+        env={**os.environ, "TMPDIR": str(system_tmp)},
     )
     assert done.returncode == 0, done.stderr
     assert "warm" in done.stdout
+    # What it is doing, while it does it: each run and its stages.
+    assert "first video of 'ayanami' (cold" in done.stdout
+    assert "pti: " in done.stderr and "rendering: " in done.stderr
+    assert list(system_tmp.iterdir()) == []  # its temporary project is gone
+    assert "--folder DIR to keep it" in done.stdout
 
 
 def test_a_reader_that_leaves_early_gets_no_broken_pipe_error(tmp_path: Path) -> None:

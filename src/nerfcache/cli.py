@@ -645,7 +645,15 @@ def demo(
     console = Console()
     if folder is not None and folder.exists() and any(folder.iterdir()):
         raise typer.BadParameter(f"{folder} is not empty; pick a new folder", param_hint="--folder")
-    root = folder or Path(tempfile.mkdtemp(prefix="nerfcache-demo-"))
+    with contextlib.ExitStack() as stack:
+        if folder is None:  # nothing left behind in /tmp: --folder keeps the project
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nerfcache-demo-")))
+        else:
+            root = folder
+        _demo(console, root, character, scale, kept=folder is not None)
+
+
+def _demo(console: Console, root: Path, character: str, scale: float, *, kept: bool) -> None:
     project = make_fake_project(root, character=character, real_video=True)
     phases = {name: seconds * scale for name, seconds in DEMO_PHASES.items()}
     settings = project.with_env(**phases)
@@ -657,15 +665,18 @@ def demo(
     )
     table = Table("run", "cache before", "PTI", "3DMM fit", "time")
     results = []
-    for run in ("first", "second"):
-        result = generate_video(
-            project.audio,
-            character,
-            root / "videos" / run,
-            project.model_name,
-            settings=settings,
-            check=True,
-        )
+    for run, what in (("first", "cold: PTI and the fit are computed"), ("second", "warm")):
+        console.print(f"{run} video of {character!r} ({what})...")
+        with _progress_reporter() as on_progress:
+            result = generate_video(
+                project.audio,
+                character,
+                root / "videos" / run,
+                project.model_name,
+                settings=settings,
+                check=True,
+                on_progress=on_progress,
+            )
         results.append(result)
         call = project.calls()[-1]
         table.add_row(
@@ -681,11 +692,15 @@ def demo(
     console.print(
         f"The warm run took {warm / cold:.0%} of the cold one ({1 - warm / cold:.0%} saved)."
     )
-    console.print(f"Cache:  {results[0].cache_dir} ({size / 1024:.0f} KiB; a real one is 0.3-3 GB)")
-    for result in results:
-        console.print(f"Video:  {result.video_path}", soft_wrap=True)
-    if folder is None:
-        console.print(f"Demo project kept in {root}; remove it with: rm -r {root}", soft_wrap=True)
+    if kept:
+        console.print(f"Cache:  {results[0].cache_dir} ({_bytes(size)}; a real one is 0.3-3 GB)")
+        for result in results:
+            console.print(f"Video:  {result.video_path}", soft_wrap=True)
+    else:
+        console.print(
+            f"The cache took {_bytes(size)} (a real one, 0.3-3 GB). The demo project was"
+            " temporary and is gone: run with --folder DIR to keep it and watch the videos."
+        )
 
 
 def main() -> None:
