@@ -581,6 +581,14 @@ def test_a_video_made_before_the_clean_up_failed_is_delivered(
 # -- timeout and cancel --
 
 
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0.0, -1.0])
+def test_a_timeout_that_is_no_limit_is_refused(nerf_project: FakeProject, timeout: float) -> None:
+    with pytest.raises(InvalidInputError, match="timeout must be a positive number") as info:
+        generate(nerf_project, timeout=timeout)
+    assert info.value.field == "timeout"
+    assert nerf_project.calls() == []
+
+
 def test_timeout_kills_the_process_group(nerf_project: FakeProject) -> None:
     settings = nerf_project.with_env(FAKE_NERF_PTI_S="60", FAKE_NERF_SPAWN_CHILD="1")
     with pytest.raises(GenerationTimeout, match="timeout") as info:

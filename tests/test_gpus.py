@@ -11,6 +11,7 @@ from filelock import FileLock
 from pydantic import ValidationError
 
 from nerfcache import (
+    ConfigurationError,
     GenerationCancelled,
     GenerationTimeout,
     ProgressEvent,
@@ -194,3 +195,21 @@ def test_a_slot_is_released_after_a_timeout_or_a_failure(nerf_project: FakeProje
     slot = FileLock(gpu.state_dir / "gpu-slots" / "gpu5-slot0.lock")
     slot.acquire(timeout=0)  # free again
     slot.release()
+
+
+def test_a_link_planted_at_a_slot_lock_is_refused_and_not_followed(
+    nerf_project: FakeProject, tmp_path: Path
+) -> None:
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("not yours")
+    folder = nerf_project.settings.state_dir / "gpu-slots"
+    folder.mkdir(parents=True)
+    (folder / "gpu0-slot0.lock").symlink_to(target)
+    settings = nerf_project.settings.model_copy(update={"gpus": "0"})
+    with pytest.raises(ConfigurationError, match="cannot open the GPU slot lock") as info:
+        generate_video(
+            nerf_project.audio, "ayanami", tmp_path / "out", "ffhq.pkl", settings=settings
+        )
+    assert info.value.setting == "state_dir"
+    assert target.read_text() == "not yours"
+    assert nerf_project.calls() == []

@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import functools
 import inspect
+import math
 import os
 import re
 import secrets
@@ -230,6 +231,13 @@ def generate_video(
             value=on_progress,
         )
     settings = settings or get_settings()
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        # NaN compares false with everything: unchecked, it would mean no limit at all.
+        raise InvalidInputError(
+            f"timeout must be a positive number of seconds (or None: no limit), not {timeout!r}",
+            field="timeout",
+            value=timeout,
+        )
     audio = resolve_audio(audio_path)
     output_dir = _output_dir(output_path, settings)
     inputs = _check_inputs(settings, character, model_name, test_image)

@@ -10,7 +10,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from nerfcache.config import Settings
-from nerfcache.errors import GenerationCancelled
+from nerfcache.errors import ConfigurationError, GenerationCancelled
 
 __all__ = ["gpu_slot"]
 
@@ -48,6 +48,14 @@ def gpu_slot(
                 lock.acquire(timeout=0)
             except Timeout:
                 continue
+            except OSError as error:  # a link planted in its place (not followed), a folder
+                raise ConfigurationError(
+                    f"cannot open the GPU slot lock {lock.lock_file} ({error.strerror}): remove"
+                    " what is in its place; state_dir must be writable by this user (environment"
+                    " variable NERFCACHE_STATE_DIR)",
+                    setting="state_dir",
+                    path=Path(lock.lock_file),
+                ) from error
             try:
                 yield gpu
             finally:
