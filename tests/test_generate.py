@@ -157,6 +157,24 @@ def test_a_new_video_replaces_an_old_one(nerf_project: FakeProject) -> None:
     assert (out / VIDEO).read_bytes().startswith(b"NERFCACHE FAKE VIDEO")
 
 
+def test_a_video_is_copied_into_place_across_file_systems(nerf_project, monkeypatch) -> None:
+    out = nerf_project.root / "out"
+    out.mkdir()
+    (out / VIDEO).write_bytes(b"an old video")
+    rename = os.replace
+
+    def no_renames_across(source, target) -> None:
+        if Path(source).name == VIDEO:  # the staging dir is on another disk than the output
+            raise OSError(18, "Invalid cross-device link")
+        rename(source, target)
+
+    monkeypatch.setattr(os, "replace", no_renames_across)
+    result = generate(nerf_project)
+    assert result
+    assert (out / VIDEO).read_bytes().startswith(b"NERFCACHE FAKE VIDEO")
+    assert sorted(p.name for p in out.iterdir()) == [VIDEO]  # no temporary file left
+
+
 def test_real_mp4_with_ffmpeg(tmp_path: Path) -> None:
     project = make_fake_project(tmp_path / "p", real_video=True)
     result = generate(project)

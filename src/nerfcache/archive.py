@@ -21,7 +21,6 @@ import hashlib
 import io
 import os
 import re
-import secrets
 import sys
 import tarfile
 import time
@@ -33,6 +32,7 @@ from typing import BinaryIO
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from nerfcache._fs import atomic_write
 from nerfcache.cache import CACHE_FILES, CacheStatus, CharacterCache, Manifest
 from nerfcache.config import Settings, get_settings
 from nerfcache.errors import InvalidInputError, MissingFileError
@@ -264,16 +264,8 @@ def _writing(destination: Source) -> Iterator[BinaryIO]:
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    target = Path(destination)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("xb") as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(Path(destination)) as file:
+        yield file
 
 
 @contextlib.contextmanager

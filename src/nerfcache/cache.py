@@ -25,7 +25,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import threading
 import time
 import zipfile
@@ -39,7 +38,9 @@ from filelock import FileLock, Timeout
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from nerfcache import _fs
 from nerfcache._locks import acquire, try_acquire
+from nerfcache._procs import kill_leftovers
 from nerfcache.characters import character_dir, find_test_image, is_byproduct, resolve_model
 from nerfcache.config import Settings
 from nerfcache.errors import (
@@ -48,7 +49,6 @@ from nerfcache.errors import (
     MissingFileError,
     NerfCacheError,
 )
-from nerfcache.launch import RUN_VARIABLE
 
 __all__ = [
     "CACHE_FILES",
@@ -172,7 +172,7 @@ class _Digests:
             if digest is not None and (self._memo is None or (self._memo, key) in _remembered):
                 return digest
         if self._stored is None:
-            stored = _read_json(self._memo) if self._memo else None
+            stored = _fs.read_json(self._memo) if self._memo else None
             self._stored = stored if isinstance(stored, dict) else {}
         record = self._stored.get(real)
         if isinstance(record, dict) and record.get("version") == list(key[1:]):
@@ -189,12 +189,12 @@ class _Digests:
     def save(self) -> None:
         """Add the hashes computed since the last save to the memo file."""
         if self._memo and self._new:
-            stored = _read_json(self._memo)
+            stored = _fs.read_json(self._memo)
             # Concurrent writers may drop each other's entries: that costs a re-hash, no more.
             # The memo only saves time: a folder that cannot take it costs re-hashing too.
             with contextlib.suppress(OSError):
                 merged = {**(stored if isinstance(stored, dict) else {}), **self._new}
-                _write_json(self._memo, merged)
+                _fs.write_json(self._memo, merged)
             self._new = {}
 
 
@@ -243,7 +243,7 @@ class CharacterCache:
         if (
             present != set(manifest.files)
             or not manifest.has_pti
-            or any(_size(self.path / name) != size for name, size in manifest.files.items())
+            or any(_fs.size(self.path / name) != size for name, size in manifest.files.items())
         ):
             return CacheStatus.PARTIAL
         if fingerprint is not None and manifest.fingerprint != fingerprint:
@@ -362,12 +362,12 @@ class CharacterCache:
                 " against the image it was built from; clear it if the portrait changed",
                 self.path,
             )
-            files = {name: _size(self.path / name) or 0 for name in CACHE_FILES}
+            files = {name: _fs.size(self.path / name) or 0 for name in CACHE_FILES}
             self._write_manifest(self._new_manifest(fingerprint, files, image, network))
         if self.status(fingerprint) is CacheStatus.COLD:
             self._restore(fingerprint)
         if (self.meta / "generations").is_dir():
-            _keep_newest(self.meta / "generations", self.keep_generations)
+            _fs.keep_newest(self.meta / "generations", self.keep_generations)
         return self.status(fingerprint)
 
     def publish(self, staging: Staging, *, image: Path, network: Path) -> tuple[str, ...]:
@@ -409,7 +409,7 @@ class CharacterCache:
                 new += FIT_FILES
             if not new:
                 return ()
-            files.update({name: _size(staging.path / name) or 0 for name in new})
+            files.update({name: _fs.size(staging.path / name) or 0 for name in new})
             new_manifest = self._new_manifest(fingerprint, files, image, network, base=manifest)
             self._commit(new_manifest, staging.path, new)
         self._log.info("published {} to {}", ", ".join(new), self.path)
@@ -568,7 +568,7 @@ class CharacterCache:
         """
         for name, size in manifest.files.items():
             path = staging.path / name
-            if _size(path) != size or _zip_problem(path, deep=False):
+            if _fs.size(path) != size or _zip_problem(path, deep=False):
                 raise InvalidInputError(
                     f"{name} in {staging.path} does not match its manifest", field="manifest"
                 )
@@ -593,7 +593,7 @@ class CharacterCache:
         usable = status in (CacheStatus.WARM, CacheStatus.PTI_ONLY)
         if usable and manifest is not None and self._outdated(manifest, digests):
             status = CacheStatus.STALE
-        files = {n: s for n in CACHE_FILES if (s := _size(self.path / n)) is not None}
+        files = {n: s for n in CACHE_FILES if (s := _fs.size(self.path / n)) is not None}
         last_used = manifest.last_used_at if manifest else _newest_mtime(self.path, files)
         return CacheInfo(
             character=self.character,
@@ -665,7 +665,7 @@ class CharacterCache:
                 )
             )
         for name, size in expected.items():
-            actual = _size(self.path / name)
+            actual = _fs.size(self.path / name)
             if actual is None:
                 findings.append(Finding(name, "error", "missing"))
             elif size is not None and actual != size:
@@ -820,7 +820,7 @@ class CharacterCache:
         )
 
     def _write_manifest(self, manifest: Manifest) -> None:
-        _write_json(self.manifest_path, manifest.model_dump(mode="json"))
+        _fs.write_json(self.manifest_path, manifest.model_dump(mode="json"))
 
     def _recover(self) -> None:
         """Finish a publish that was interrupted after its pending manifest was written."""
@@ -828,7 +828,7 @@ class CharacterCache:
         if pending is None:
             self._pending_path.unlink(missing_ok=True)
             return
-        if all(_size(self.path / name) == size for name, size in pending.files.items()):
+        if all(_fs.size(self.path / name) == size for name, size in pending.files.items()):
             os.replace(self._pending_path, self.manifest_path)
             self._log.warning("completed an interrupted publish in {}", self.path)
         else:
@@ -848,13 +848,13 @@ class CharacterCache:
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
-        _write_json(target / "manifest.json", manifest.model_dump(mode="json"))
+        _fs.write_json(target / "manifest.json", manifest.model_dump(mode="json"))
         for name in manifest.files:
             os.replace(self.path / name, target / name)
         self.manifest_path.unlink()
         self._log.info("set aside the cache of another image, network or trunc as {}", target.name)
         if prune:
-            _keep_newest(target.parent, self.keep_generations)
+            _fs.keep_newest(target.parent, self.keep_generations)
 
     def _restore(self, fingerprint: Fingerprint) -> None:
         """Bring back a set-aside generation built for ``fingerprint``, if one is complete."""
@@ -862,7 +862,7 @@ class CharacterCache:
         manifest = _read_manifest(source / "manifest.json")
         if manifest is None or manifest.fingerprint != fingerprint:
             return
-        if any(_size(source / name) != size for name, size in manifest.files.items()):
+        if any(_fs.size(source / name) != size for name, size in manifest.files.items()):
             return
         self._commit(manifest.model_copy(update={"last_used_at": _now()}), source, manifest.files)
         shutil.rmtree(source)
@@ -874,7 +874,7 @@ class CharacterCache:
         Through a pending manifest, so that ``_recover`` completes or drops a commit that a
         crash interrupted.
         """
-        _write_json(self._pending_path, manifest.model_dump(mode="json"))
+        _fs.write_json(self._pending_path, manifest.model_dump(mode="json"))
         for name in names:
             os.replace(source / name, self.path / name)
         os.replace(self._pending_path, self.manifest_path)
@@ -892,7 +892,7 @@ class CharacterCache:
             reason,
             target,
         )
-        _keep_newest(target.parent, max(self.keep_generations, 1))
+        _fs.keep_newest(target.parent, max(self.keep_generations, 1))
 
     def _reap_dead_runs(self) -> None:
         """Remove staging dirs whose run is gone (its lock is free): a launcher crashed."""
@@ -903,7 +903,7 @@ class CharacterCache:
             lock = FileLock(lock_path)
             if not try_acquire(lock):
                 continue  # a live run
-            _kill_leftovers(lock_path.stem)
+            kill_leftovers(lock_path.stem)
             try:
                 shutil.rmtree(lock_path.with_suffix(""), ignore_errors=True)
                 lock_path.unlink(missing_ok=True)
@@ -968,9 +968,9 @@ class Staging:
 
     def seed(self, source: Path) -> None:
         """Put the published cache file ``source`` into the staging dir."""
-        target = _link_or_copy(source, self.path / source.name)
-        self._seeded[source.name] = _identity(target)
-        self._sources[source.name] = _identity(source)
+        target = _fs.link_or_copy(source, self.path / source.name)
+        self._seeded[source.name] = _fs.identity(target)
+        self._sources[source.name] = _fs.identity(source)
 
     def add_input(self, source: Path, stem: str) -> str:
         """Put an input file in the staging dir under a plain name (``stem`` + a plain suffix).
@@ -980,7 +980,7 @@ class Staging:
         """
         suffix = source.suffix.lower()
         name = stem + (suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else "")
-        _link_or_copy(source, self.path / name)
+        _fs.link_or_copy(source, self.path / name)
         return name
 
     def unchanged_copy_of(self, published: Path) -> bool:
@@ -989,19 +989,19 @@ class Staging:
         if name not in self._seeded or self.changed(name):
             return False
         try:
-            return _identity(published) == self._sources[name]
+            return _fs.identity(published) == self._sources[name]
         except OSError:
             return False
 
     def changed(self, name: str) -> bool:
         """Whether the run wrote ``name`` anew (it differs from what was seeded)."""
         path = self.path / name
-        return path.is_file() and _identity(path) != self._seeded.get(name)
+        return path.is_file() and _fs.identity(path) != self._seeded.get(name)
 
     def wrote_through_links(self) -> bool:
         """Whether the run rewrote a seeded file in place (changing the published one too)."""
         return any(
-            self.changed(name) and _same_file(self.path / name, self.cache.path / name)
+            self.changed(name) and _fs.same_file(self.path / name, self.cache.path / name)
             for name in self._seeded
         )
 
@@ -1271,29 +1271,6 @@ def _zip_problem(path: Path, *, deep: bool = True) -> str | None:
 # -- small file helpers --------------------------------------------------------------------
 
 
-def _kill_leftovers(run_id: str) -> None:
-    """SIGKILL what a dead run left running: processes whose environment names the run.
-
-    The script dies with its launcher (``setpriv --pdeathsig``) but what it started (ffmpeg,
-    data loader workers) does not; they all inherit ``NERFCACHE_RUN``, which also makes this
-    safe against reused pids. Linux only (``/proc``); elsewhere nothing is done.
-    """
-    tag = f"{RUN_VARIABLE}={run_id}".encode()
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue  # gone, or another user's
-        if tag in environ:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(entry.name), signal.SIGKILL)
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -1306,68 +1283,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
-
-
-def _link_or_copy(source: Path, target: Path) -> Path:
-    """Hard-link ``source`` to ``target`` (instant, no space), or copy it where links fail."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-    return target
-
-
-def _identity(path: Path) -> tuple[int, int, int]:
-    stat = path.stat()
-    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.samefile(b)
-    except OSError:
-        return False
-
-
 def _is_complete_zip(path: Path) -> bool:
     return _zip_problem(path, deep=False) is None
 
 
-def _read_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _read_manifest(path: Path) -> Manifest | None:
-    data = _read_json(path)
+    data = _fs.read_json(path)
     try:
         return Manifest.model_validate(data) if data is not None else None
     except ValidationError:
         return None
-
-
-def _write_json(path: Path, data: object) -> None:
-    """Write ``data`` to ``path`` atomically: a reader sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as file:
-            json.dump(data, file, ensure_ascii=False, indent=1)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _keep_newest(folder: Path, keep: int) -> None:
-    entries = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    for old in entries[keep:]:
-        shutil.rmtree(old, ignore_errors=True)

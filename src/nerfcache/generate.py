@@ -16,7 +16,6 @@ import inspect
 import math
 import os
 import re
-import secrets
 import shutil
 import tempfile
 import threading
@@ -27,6 +26,7 @@ from typing import Any, TypeVar
 
 from loguru import logger
 
+from nerfcache._fs import atomic_write
 from nerfcache.cache import META_DIR, CacheStatus, CharacterCache, Fingerprint, digest_memo
 from nerfcache.characters import (
     find_test_image,
@@ -657,10 +657,6 @@ def _move_into_place(source: Path, target: Path) -> Path:
     except OSError as error:
         if error.errno != errno.EXDEV:
             raise
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with source.open("rb") as video, atomic_write(target) as file:
+            shutil.copyfileobj(video, file)
     return target
