@@ -89,6 +89,34 @@ def staging_left(project: FakeProject, character: str | None = None) -> list[Pat
     return sorted(runs.iterdir()) if runs.exists() else []
 
 
+def run_python(code: str, *args: str) -> str:
+    """Run ``code`` in a new Python process with ``sys.argv[1:] == args``; its last line out."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys\n" + code, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.splitlines()[-1]
+
+
+def files_opened(code: str, *args: str) -> list[Path]:
+    """Every file that ``code`` opens, run as ``run_python`` does.
+
+    A new process remembers no hash; an audit hook sees every ``open``, whoever makes it.
+    """
+    watch = (
+        "import os\n"
+        "opened = []\n"
+        "def _watch(event, args):\n"
+        "    if event == 'open' and isinstance(args[0], (str, bytes, os.PathLike)):\n"
+        "        opened.append(os.fsdecode(args[0]))\n"
+        "sys.addaudithook(_watch)\n"
+    )
+    report = "\nimport json\nprint(json.dumps(opened))\n"
+    return [Path(path) for path in json.loads(run_python(watch + code + report, *args))]
+
+
 def run_workers(project: FakeProject, code: str, count: int, **settings: str) -> list[Any]:
     """Run ``count`` processes of ``code`` at once against ``project``; their JSON outputs.
 

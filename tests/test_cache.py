@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -8,9 +9,9 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-import nerfcache.cache
 from nerfcache import CacheStatus, CharacterCache, Fingerprint, Settings
 from nerfcache.cache import CACHE_FILES, FIT_FILES, PTI_FILES, file_sha256
+from tests.conftest import files_opened, run_python
 
 FP = Fingerprint(image_sha256="i" * 64, network_sha256="n" * 64, trunc=0.7)
 OTHER = Fingerprint(image_sha256="j" * 64, network_sha256="n" * 64, trunc=0.7)
@@ -109,15 +110,16 @@ def test_damaged_manifest_or_files_are_partial(cache: CharacterCache) -> None:
     assert cache.status(FP) is CacheStatus.PARTIAL
 
 
-def test_status_reads_no_file_contents(cache: CharacterCache, monkeypatch) -> None:
+def test_status_reads_no_file_contents(cache: CharacterCache) -> None:
     build(cache)
-
-    def no_reading(*_args, **_kwargs):
-        raise AssertionError("status must not hash or unzip a published file")
-
-    monkeypatch.setattr(nerfcache.cache, "_sha256", no_reading)
-    monkeypatch.setattr(nerfcache.cache, "_is_complete_zip", no_reading)
-    assert cache.status(FP) is CacheStatus.WARM
+    code = (
+        "from nerfcache import CharacterCache, Fingerprint, Settings\n"
+        "cache = CharacterCache(Settings(project_root=sys.argv[1]), 'rei')\n"
+        f"assert cache.status({FP!r}) == 'warm'\n"
+    )
+    opened = files_opened(code, str(cache.settings.project_root))
+    assert cache.manifest_path in opened
+    assert [path for path in opened if path.suffix == ".pt"] == []
 
 
 # -- preparing a run --
@@ -290,28 +292,30 @@ def test_dead_runs_are_reaped_live_ones_kept(cache: CharacterCache) -> None:
 # -- hashing --
 
 
-def test_file_hash_is_computed_once_per_file_version(tmp_path: Path, monkeypatch) -> None:
+def test_file_hash_is_computed_once_per_file_version(tmp_path: Path) -> None:
     network = tmp_path / "net.pkl"
     network.write_bytes(b"weights" * 1000)
     memo = tmp_path / "digests.json"
-    reads: list[Path] = []
-    real = nerfcache.cache._sha256
-
-    def counting(path: Path) -> str:
-        reads.append(path)
-        return real(path)
-
-    monkeypatch.setattr(nerfcache.cache, "_sha256", counting)
-
     first = file_sha256(network, memo=memo)
-    assert file_sha256(network, memo=memo) == first
-    monkeypatch.setattr(nerfcache.cache, "_digests", {})  # a new process: only the memo file
-    assert file_sha256(network, memo=memo) == first
-    assert len(reads) == 1
+    assert first == hashlib.sha256(network.read_bytes()).hexdigest()
 
-    network.write_bytes(b"other weights")
-    assert file_sha256(network, memo=memo) != first
-    assert len(reads) == 2
+    # New bytes, but the same size, mtime and inode: to nerfcache, the same version, not read.
+    version = network.stat()
+    with network.open("r+b") as file:
+        file.write(b"W")
+    os.utime(network, ns=(version.st_atime_ns, version.st_mtime_ns))
+    assert file_sha256(network, memo=memo) == first
+    in_a_new_process = (
+        "from pathlib import Path\n"
+        "from nerfcache.cache import file_sha256\n"
+        "memo = Path(sys.argv[2]) if len(sys.argv) > 2 else None\n"
+        "print(file_sha256(Path(sys.argv[1]), memo=memo))\n"
+    )
+    assert run_python(in_a_new_process, str(network), str(memo)) == first  # the memo file
+    assert run_python(in_a_new_process, str(network)) != first  # nothing remembered: read
+
+    network.write_bytes(b"other weights")  # another size: another version
+    assert file_sha256(network, memo=memo) == hashlib.sha256(b"other weights").hexdigest()
 
 
 def test_fingerprint_key_is_stable_and_distinct() -> None:
