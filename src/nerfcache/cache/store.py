@@ -53,11 +53,13 @@ from nerfcache.errors import (
 __all__ = [
     "CACHE_FILES",
     "FIT_FILES",
+    "META_DIR",
     "PTI_FILES",
     "CacheInfo",
     "CacheStatus",
     "CharacterCache",
     "Finding",
+    "FindingLevel",
     "Fingerprint",
     "Manifest",
     "Pruning",
