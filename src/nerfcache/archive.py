@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import os
 import re
@@ -34,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from nerfcache._fs import atomic_write
 from nerfcache.cache import CACHE_FILES, CacheStatus, CharacterCache, Manifest
+from nerfcache.cache.digests import sha256_of
 from nerfcache.config import Settings, get_settings
 from nerfcache.errors import InvalidInputError, MissingFileError
 
@@ -42,7 +42,6 @@ __all__ = ["ARCHIVE_FORMAT", "ArchiveManifest", "Imported", "export_cache", "imp
 ARCHIVE_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 1 << 20
-CHUNK = 1 << 20
 TRUST_WARNING = (
     "a cache's .pt files are pickles that the NeRF script loads with torch.load, which runs any"
     " code they hold: import only archives from a source you trust"
@@ -98,7 +97,7 @@ def export_cache(
     settings = settings or get_settings()
     cache = CharacterCache(settings, character)
     with cache.snapshot() as snapshot:
-        digests = {name: _sha256(file) for name, file in snapshot.files.items()}
+        digests = {name: sha256_of(file) for name, file in snapshot.files.items()}
         header = ArchiveManifest(
             character=character,
             cache=snapshot.manifest,
@@ -228,15 +227,12 @@ def _receive(
         raise refuse(
             f"{name!r} is {member.size} bytes; its manifest says {header.cache.files[name]}"
         )
-    source = tar.extractfile(member)
-    digest = hashlib.sha256()
+    source = tar.extractfile(member) or io.BytesIO()  # None only for what is not a file
     with (folder / name).open("xb") as target:
-        while source and (chunk := source.read(CHUNK)):
-            digest.update(chunk)
-            target.write(chunk)
+        digest = sha256_of(source, copy_to=target)
         target.flush()
         os.fsync(target.fileno())  # the manifest that names it may be published next
-    if digest.hexdigest() != header.sha256[name]:
+    if digest != header.sha256[name]:
         raise refuse(f"{name!r} does not match its sha256: damaged or altered")
 
 
@@ -246,13 +242,6 @@ def _add(tar: tarfile.TarFile, name: str, file: BinaryIO, size: int) -> None:
     info.mode = 0o644
     info.mtime = int(time.time())
     tar.addfile(info, file)
-
-
-def _sha256(file: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    while chunk := file.read(CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -16,24 +16,25 @@ builds single-flight (DESIGN.md section 3).
 
 from __future__ import annotations
 
-from nerfcache.cache.store import (
+from nerfcache.cache.digests import digest_memo, file_sha256
+from nerfcache.cache.layout import (
     CACHE_FILES,
     FIT_FILES,
     META_DIR,
     PTI_FILES,
-    CacheInfo,
     CacheStatus,
+    Fingerprint,
+    Manifest,
+)
+from nerfcache.cache.store import (
+    CacheInfo,
     CharacterCache,
     Finding,
     FindingLevel,
-    Fingerprint,
-    Manifest,
     Pruning,
     Snapshot,
     Staging,
     Verification,
-    digest_memo,
-    file_sha256,
     list_caches,
     prune,
 )

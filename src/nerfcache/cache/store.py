@@ -18,17 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
-import hashlib
-import json
 import os
 import re
 import secrets
 import shutil
 import threading
 import time
-import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -36,12 +31,28 @@ from typing import Any, BinaryIO, Literal
 
 from filelock import FileLock, Timeout
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from nerfcache import _fs
 from nerfcache._locks import acquire, try_acquire
 from nerfcache._procs import kill_leftovers
-from nerfcache.characters import character_dir, find_test_image, is_byproduct, resolve_model
+from nerfcache.cache.digests import Digests, digest_memo, file_sha256
+from nerfcache.cache.layout import (
+    CACHE_FILES,
+    FIT_FILES,
+    META_DIR,
+    PENDING_MANIFEST,
+    PTI_FILES,
+    CacheStatus,
+    Fingerprint,
+    Manifest,
+    byproducts,
+    footprint,
+    is_complete_zip,
+    read_manifest,
+    timestamp,
+    zip_problem,
+)
+from nerfcache.characters import character_dir, find_test_image, resolve_model
 from nerfcache.config import Settings
 from nerfcache.errors import (
     ConfigurationError,
@@ -51,162 +62,17 @@ from nerfcache.errors import (
 )
 
 __all__ = [
-    "CACHE_FILES",
-    "FIT_FILES",
-    "META_DIR",
-    "PTI_FILES",
     "CacheInfo",
-    "CacheStatus",
     "CharacterCache",
     "Finding",
     "FindingLevel",
-    "Fingerprint",
-    "Manifest",
     "Pruning",
     "Snapshot",
     "Staging",
     "Verification",
-    "digest_memo",
-    "file_sha256",
     "list_caches",
     "prune",
 ]
-
-CACHE_FORMAT = 1
-PTI_FILES = ("G_PTI.pt", "w_PTI.pt", "bg_PTI.pt")
-FIT_FILES = ("fitted_coeffs.pt",)
-CACHE_FILES = PTI_FILES + FIT_FILES
-META_DIR = ".nerfcache"
-
-
-class CacheStatus(str, enum.Enum):
-    """What a character's cache holds, as seen by a run with a given fingerprint."""
-
-    COLD = "cold"
-    """Nothing cached: the run does PTI and 3DMM fitting."""
-    PTI_ONLY = "pti-only"
-    """PTI is cached (a run failed after it); the run redoes only the 3DMM fit."""
-    WARM = "warm"
-    """PTI and 3DMM are cached for this image, network and trunc: the run only renders."""
-    STALE = "stale"
-    """A cache for another image, network or trunc: set aside, never used."""
-    LEGACY = "legacy"
-    """A complete cache from the original launcher, without a manifest: adopted with a warning."""
-    PARTIAL = "partial"
-    """Cache files that do not check out (a crash, a truncated file): quarantined."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Fingerprint:
-    """What a cache was built from: the portrait's bytes, the network's bytes and ``trunc``."""
-
-    image_sha256: str
-    network_sha256: str
-    trunc: float
-    format: int = CACHE_FORMAT
-
-    @classmethod
-    def of(
-        cls, image: Path, network: Path, trunc: float, *, memo: Path | None = None
-    ) -> Fingerprint:
-        """Fingerprint ``image`` and ``network``; hashes are remembered by file version."""
-        return cls(file_sha256(image, memo=memo), file_sha256(network, memo=memo), trunc)
-
-    @property
-    def key(self) -> str:
-        """A short stable name for this fingerprint (names its set-aside generation)."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-class Manifest(BaseModel):
-    """What is published in a character's cache folder, and what it was built from."""
-
-    model_config = ConfigDict(frozen=True)
-
-    format: int = CACHE_FORMAT
-    fingerprint: Fingerprint
-    files: dict[str, int]
-    """Published file name -> size in bytes."""
-    image: str
-    network: str
-    built_at: datetime
-    last_used_at: datetime
-
-    @property
-    def has_pti(self) -> bool:
-        """Whether the PTI group is published."""
-        return all(name in self.files for name in PTI_FILES)
-
-    @property
-    def has_fit(self) -> bool:
-        """Whether the 3DMM fit is published (it always comes with its PTI group)."""
-        return self.has_pti and all(name in self.files for name in FIT_FILES)
-
-
-# -- hashing -------------------------------------------------------------------------------
-
-_digests: dict[tuple[str, int, int, int], str] = {}
-_remembered: set[tuple[Path, tuple[str, int, int, int]]] = set()  # (memo, key) on file
-_digests_lock = threading.Lock()
-
-
-class _Digests:
-    """sha256 of files, computed once per file version (path, size, mtime, inode).
-
-    Remembered in this process and, when ``memo`` names a JSON file, across processes, so a
-    GB network pickle is read once. One instance can serve many files (a listing) and write
-    the memo once, with ``save``.
-    """
-
-    def __init__(self, memo: Path | None) -> None:
-        self._memo = memo
-        self._stored: dict[str, object] | None = None  # read on the first miss
-        self._new: dict[str, object] = {}
-
-    def of(self, path: Path) -> str:
-        """Return the sha256 of ``path``'s bytes."""
-        stat = path.stat()
-        real = str(path.resolve())
-        key = (real, stat.st_size, stat.st_mtime_ns, stat.st_ino)
-        with _digests_lock:
-            digest = _digests.get(key)
-            if digest is not None and (self._memo is None or (self._memo, key) in _remembered):
-                return digest
-        if self._stored is None:
-            stored = _fs.read_json(self._memo) if self._memo else None
-            self._stored = stored if isinstance(stored, dict) else {}
-        record = self._stored.get(real)
-        if isinstance(record, dict) and record.get("version") == list(key[1:]):
-            digest = str(record["sha256"])
-        else:
-            digest = digest or _sha256(path)
-            self._new[real] = {"version": list(key[1:]), "sha256": digest}
-        with _digests_lock:
-            _digests[key] = digest
-            if self._memo is not None:
-                _remembered.add((self._memo, key))
-        return digest
-
-    def save(self) -> None:
-        """Add the hashes computed since the last save to the memo file."""
-        if self._memo and self._new:
-            stored = _fs.read_json(self._memo)
-            # Concurrent writers may drop each other's entries: that costs a re-hash, no more.
-            # The memo only saves time: a folder that cannot take it costs re-hashing too.
-            with contextlib.suppress(OSError):
-                merged = {**(stored if isinstance(stored, dict) else {}), **self._new}
-                _fs.write_json(self._memo, merged)
-            self._new = {}
-
-
-def file_sha256(path: Path, *, memo: Path | None = None) -> str:
-    """Return the sha256 of ``path``'s bytes, computed once per file version (see ``_Digests``)."""
-    digests = _Digests(memo)
-    digest = digests.of(path)
-    digests.save()
-    return digest
-
 
 # -- the cache -----------------------------------------------------------------------------
 
@@ -231,7 +97,7 @@ class CharacterCache:
 
     def manifest(self) -> Manifest | None:
         """Return the published manifest, or None if there is none (or it is unreadable)."""
-        return _read_manifest(self.manifest_path)
+        return read_manifest(self.manifest_path)
 
     def status(self, fingerprint: Fingerprint | None = None) -> CacheStatus:
         """Classify the published cache; with ``fingerprint``, a cache for another one is stale.
@@ -258,7 +124,7 @@ class CharacterCache:
         if not present:
             return CacheStatus.COLD
         complete = present == set(CACHE_FILES)
-        if complete and all(_is_complete_zip(self.path / n) for n in CACHE_FILES):
+        if complete and all(is_complete_zip(self.path / n) for n in CACHE_FILES):
             return CacheStatus.LEGACY
         return CacheStatus.PARTIAL
 
@@ -294,7 +160,7 @@ class CharacterCache:
                 if manifest is not None:
                     for name in manifest.files:
                         staging.seed(self.path / name)
-                    self._write_manifest(manifest.model_copy(update={"last_used_at": _now()}))
+                    self._write_manifest(manifest.model_copy(update={"last_used_at": timestamp()}))
             except BaseException:
                 staging.discard()
                 raise
@@ -421,7 +287,7 @@ class CharacterCache:
 
     def info(self) -> CacheInfo:
         """Describe this cache as ``list_caches`` does (stat calls; no cache file is read)."""
-        digests = _Digests(digest_memo(self.settings))
+        digests = Digests(digest_memo(self.settings))
         info = self._info(digests)
         digests.save()
         return info
@@ -486,8 +352,8 @@ class CharacterCache:
             return 0
         self._refuse_links()
         with self.state_lock(), self._exclusive():
-            before = self._footprint()
-            for path in [*(self.path / name for name in CACHE_FILES), *_byproducts(self.path)]:
+            before = footprint(self.path)
+            for path in [*(self.path / name for name in CACHE_FILES), *byproducts(self.path)]:
                 path.unlink(missing_ok=True)
             for entry in self.meta.iterdir():
                 # Lock files stay: a waiter holds the old inode, so deleting one would let a
@@ -498,7 +364,7 @@ class CharacterCache:
                     shutil.rmtree(entry)
                 else:
                     entry.unlink()
-            freed = before - self._footprint()
+            freed = before - footprint(self.path)
         self._log.info("cleared the cache in {} ({} bytes)", self.path, freed)
         return freed
 
@@ -531,7 +397,7 @@ class CharacterCache:
                     )
                 files: dict[str, BinaryIO] = {}
                 for name in manifest.files:
-                    if problem := _zip_problem(self.path / name, deep=False):
+                    if problem := zip_problem(self.path / name, deep=False):
                         raise InvalidInputError(
                             f"the cache of {self.character!r} is damaged: {name} is {problem}",
                             field="character",
@@ -570,7 +436,7 @@ class CharacterCache:
         """
         for name, size in manifest.files.items():
             path = staging.path / name
-            if _fs.size(path) != size or _zip_problem(path, deep=False):
+            if _fs.size(path) != size or zip_problem(path, deep=False):
                 raise InvalidInputError(
                     f"{name} in {staging.path} does not match its manifest", field="manifest"
                 )
@@ -589,7 +455,7 @@ class CharacterCache:
         self._log.info("installed {} in {}", ", ".join(manifest.files), self.path)
         return replaced
 
-    def _info(self, digests: _Digests) -> CacheInfo:
+    def _info(self, digests: Digests) -> CacheInfo:
         manifest = self.manifest()
         status = self.status()
         usable = status in (CacheStatus.WARM, CacheStatus.PTI_ONLY)
@@ -603,7 +469,7 @@ class CharacterCache:
             status=status,
             files=files,
             size_bytes=sum(files.values()),
-            total_bytes=self._footprint(),
+            total_bytes=footprint(self.path),
             built_at=manifest.built_at if manifest else None,
             last_used_at=last_used,
             fingerprint=manifest.fingerprint if manifest else None,
@@ -615,7 +481,7 @@ class CharacterCache:
             building=_held(self.meta / "build.lock"),
         )
 
-    def _outdated(self, manifest: Manifest, digests: _Digests) -> bool:
+    def _outdated(self, manifest: Manifest, digests: Digests) -> bool:
         """Whether the portrait or trunc changed since the build (the network is per call)."""
         if manifest.fingerprint.trunc != self.settings.trunc:
             return True
@@ -674,7 +540,7 @@ class CharacterCache:
                 findings.append(
                     Finding(name, "error", f"{actual} bytes where the manifest says {size}")
                 )
-            elif problem := _zip_problem(self.path / name):
+            elif problem := zip_problem(self.path / name):
                 findings.append(Finding(name, "error", problem))
             else:
                 findings.append(Finding(name, "ok", f"a complete archive of {actual} bytes"))
@@ -767,28 +633,11 @@ class CharacterCache:
             return 0
         return sum(1 for lock in runs.glob("*.lock") if lock.stem != exclude and _held(lock))
 
-    def _footprint(self) -> int:
-        """Bytes of everything nerfcache keeps in the folder, hard links counted once."""
-        paths = [self.path / name for name in CACHE_FILES] + _byproducts(self.path)
-        for folder, _dirs, names in os.walk(self.meta):
-            paths += [Path(folder, name) for name in names]
-        seen: set[tuple[int, int]] = set()
-        total = 0
-        for path in paths:
-            try:
-                stat = path.lstat()
-            except OSError:
-                continue
-            if (stat.st_dev, stat.st_ino) not in seen:
-                seen.add((stat.st_dev, stat.st_ino))
-                total += stat.st_size
-        return total
-
     # - internals (all called with the state lock held) -
 
     @property
     def _pending_path(self) -> Path:
-        return self.meta / "manifest.pending.json"
+        return self.meta / PENDING_MANIFEST
 
     def _meta_dir(self) -> Path:
         try:
@@ -811,7 +660,7 @@ class CharacterCache:
         *,
         base: Manifest | None = None,
     ) -> Manifest:
-        now = _now()
+        now = timestamp()
         return Manifest(
             fingerprint=fingerprint,
             files=files,
@@ -826,7 +675,7 @@ class CharacterCache:
 
     def _recover(self) -> None:
         """Finish a publish that was interrupted after its pending manifest was written."""
-        pending = _read_manifest(self._pending_path)
+        pending = read_manifest(self._pending_path)
         if pending is None:
             self._pending_path.unlink(missing_ok=True)
             return
@@ -861,12 +710,13 @@ class CharacterCache:
     def _restore(self, fingerprint: Fingerprint) -> None:
         """Bring back a set-aside generation built for ``fingerprint``, if one is complete."""
         source = self.meta / "generations" / fingerprint.key
-        manifest = _read_manifest(source / "manifest.json")
+        manifest = read_manifest(source / "manifest.json")
         if manifest is None or manifest.fingerprint != fingerprint:
             return
         if any(_fs.size(source / name) != size for name, size in manifest.files.items()):
             return
-        self._commit(manifest.model_copy(update={"last_used_at": _now()}), source, manifest.files)
+        restored = manifest.model_copy(update={"last_used_at": timestamp()})
+        self._commit(restored, source, manifest.files)
         shutil.rmtree(source)
         self._log.info("restored the set-aside cache {}", fingerprint.key)
 
@@ -1013,7 +863,7 @@ class Staging:
         torch.save writes straight to its final name, so a killed run leaves a truncated file:
         a plain zip check catches it without torch.
         """
-        return self.changed(name) and _is_complete_zip(self.path / name)
+        return self.changed(name) and is_complete_zip(self.path / name)
 
     def discard(self) -> None:
         """Remove the staging dir (the published cache is untouched) and end the run's lock."""
@@ -1025,11 +875,6 @@ class Staging:
 # -- management ----------------------------------------------------------------------------
 
 FindingLevel = Literal["ok", "warning", "error"]
-
-
-def digest_memo(settings: Settings) -> Path:
-    """The file where hashes of portraits and networks are remembered by file version."""
-    return settings.state_dir / "digests.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1122,7 +967,7 @@ def list_caches(settings: Settings) -> list[CacheInfo]:
     root = settings.cache_root
     if not root.is_dir():
         return []
-    digests = _Digests(digest_memo(settings))
+    digests = Digests(digest_memo(settings))
     caches = []
     for entry in sorted(root.iterdir()):
         if not entry.is_dir():
@@ -1167,7 +1012,7 @@ def prune(
         raise InvalidInputError("older_than must not be negative", field="older_than")
     caches = [info for info in list_caches(settings) if info.total_bytes > 0]
     plan = _choose(
-        caches, max_bytes=max_bytes, older_than=older_than, keep=keep or 0, now=now or _now()
+        caches, max_bytes=max_bytes, older_than=older_than, keep=keep or 0, now=now or timestamp()
     )
     if dry_run:
         return plan
@@ -1234,12 +1079,6 @@ def _held(path: Path) -> bool:
     return False
 
 
-def _byproducts(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(path for path in folder.iterdir() if is_byproduct(path.name) and path.is_file())
-
-
 def _subdirs(folder: Path) -> tuple[str, ...]:
     if not folder.is_dir():
         return ()
@@ -1254,44 +1093,4 @@ def _newest_mtime(folder: Path, names: Iterable[str]) -> datetime | None:
     return datetime.fromtimestamp(max(times), timezone.utc) if times else None
 
 
-def _zip_problem(path: Path, *, deep: bool = True) -> str | None:
-    """Why ``path`` is not a complete zip archive as torch.save writes, or None.
-
-    ``deep`` reads every member and checks its CRC; otherwise only the central directory,
-    which a truncated file lacks.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            if not archive.namelist():
-                return "an empty archive"
-            bad = archive.testzip() if deep else None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        return f"not a complete zip archive, as torch.save writes ({error})"
-    return f"a damaged archive (member {bad} fails its CRC check)" if bad else None
-
-
 # -- small file helpers --------------------------------------------------------------------
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _is_complete_zip(path: Path) -> bool:
-    return _zip_problem(path, deep=False) is None
-
-
-def _read_manifest(path: Path) -> Manifest | None:
-    data = _fs.read_json(path)
-    try:
-        return Manifest.model_validate(data) if data is not None else None
-    except ValidationError:
-        return None
