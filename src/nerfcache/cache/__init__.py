@@ -26,6 +26,7 @@ from nerfcache.cache.layout import (
     Fingerprint,
     Manifest,
 )
+from nerfcache.cache.staging import Staging
 from nerfcache.cache.store import (
     CacheInfo,
     CharacterCache,
@@ -33,7 +34,6 @@ from nerfcache.cache.store import (
     FindingLevel,
     Pruning,
     Snapshot,
-    Staging,
     Verification,
     list_caches,
     prune,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import re
 import secrets
 import shutil
 import threading
@@ -33,8 +32,7 @@ from filelock import FileLock, Timeout
 from loguru import logger
 
 from nerfcache import _fs
-from nerfcache._locks import acquire, try_acquire
-from nerfcache._procs import kill_leftovers
+from nerfcache._locks import acquire, held, try_acquire
 from nerfcache.cache.digests import Digests, digest_memo, file_sha256
 from nerfcache.cache.layout import (
     CACHE_FILES,
@@ -52,6 +50,7 @@ from nerfcache.cache.layout import (
     timestamp,
     zip_problem,
 )
+from nerfcache.cache.staging import RUNS_DIR, Staging, live_runs, reap_dead_runs
 from nerfcache.characters import character_dir, find_test_image, resolve_model
 from nerfcache.config import Settings
 from nerfcache.errors import (
@@ -68,7 +67,6 @@ __all__ = [
     "FindingLevel",
     "Pruning",
     "Snapshot",
-    "Staging",
     "Verification",
     "list_caches",
     "prune",
@@ -150,7 +148,7 @@ class CharacterCache:
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
         self._refuse_links()
         with self.state_lock():
-            self._reap_dead_runs()
+            reap_dead_runs(self.meta / RUNS_DIR)
             self._recover()
             before = self.status(fingerprint)
             status = self._prepare(fingerprint, before, image=image, network=network)
@@ -294,7 +292,7 @@ class CharacterCache:
 
     def in_use(self) -> bool:
         """Whether a run holds this cache: a cold build (the build lock) or any live run."""
-        return _held(self.meta / "build.lock") or self._live_runs() > 0
+        return held(self.meta / "build.lock") or live_runs(self.meta / RUNS_DIR) > 0
 
     def verify(self, *, model_name: str | None = None, fix: bool = False) -> Verification:
         """Check the published cache without torch; with ``fix``, move aside what fails.
@@ -477,8 +475,8 @@ class CharacterCache:
             network=manifest.network if manifest else None,
             generations=_subdirs(self.meta / "generations"),
             quarantined=len(_subdirs(self.meta / "quarantine")),
-            live_runs=self._live_runs(),
-            building=_held(self.meta / "build.lock"),
+            live_runs=live_runs(self.meta / RUNS_DIR),
+            building=held(self.meta / "build.lock"),
         )
 
     def _outdated(self, manifest: Manifest, digests: Digests) -> bool:
@@ -604,8 +602,8 @@ class CharacterCache:
                 " when it is done"
             )
         try:
-            self._reap_dead_runs()
-            if live := self._live_runs(exclude=own_run):
+            reap_dead_runs(self.meta / RUNS_DIR)
+            if live := live_runs(self.meta / RUNS_DIR, exclude=own_run):
                 raise NerfCacheError(
                     f"the cache of {self.character!r} is in use by {live} running"
                     " generation(s); try again when they are done"
@@ -626,12 +624,6 @@ class CharacterCache:
                     f"{path} is a symbolic link: nerfcache does not use or change a cache"
                     " through it; remove the link"
                 )
-
-    def _live_runs(self, *, exclude: str | None = None) -> int:
-        runs = self.meta / "runs"
-        if not runs.is_dir():
-            return 0
-        return sum(1 for lock in runs.glob("*.lock") if lock.stem != exclude and _held(lock))
 
     # - internals (all called with the state lock held) -
 
@@ -746,25 +738,6 @@ class CharacterCache:
         )
         _fs.keep_newest(target.parent, max(self.keep_generations, 1))
 
-    def _reap_dead_runs(self) -> None:
-        """Remove staging dirs whose run is gone (its lock is free): a launcher crashed."""
-        runs = self.meta / "runs"
-        if not runs.is_dir():
-            return
-        for lock_path in runs.glob("*.lock"):
-            lock = FileLock(lock_path)
-            if not try_acquire(lock):
-                continue  # a live run
-            kill_leftovers(lock_path.stem)
-            try:
-                shutil.rmtree(lock_path.with_suffix(""), ignore_errors=True)
-                lock_path.unlink(missing_ok=True)
-            finally:
-                lock.release()
-        for stray in runs.iterdir():
-            if stray.is_dir() and not stray.with_suffix(".lock").exists():
-                shutil.rmtree(stray, ignore_errors=True)
-
 
 class _Lock(FileLock):
     """A FileLock whose lock file cannot be opened is a configuration problem, said as one.
@@ -786,90 +759,6 @@ class _Lock(FileLock):
                 setting="cache_root",
                 path=Path(self.lock_file),
             ) from error
-
-
-class Staging:
-    """A run's private staging dir: seeded from the published cache, published from, removed.
-
-    It is the script's ``--outdir`` (and ``--cache_dir``), so the script's byproducts land here
-    and never race with another run's (DESIGN.md section 2).
-    """
-
-    def __init__(
-        self,
-        cache: CharacterCache,
-        run_id: str,
-        fingerprint: Fingerprint,
-        status_before: CacheStatus,
-        status: CacheStatus,
-    ) -> None:
-        self.cache = cache
-        self.run_id = run_id
-        self.fingerprint = fingerprint
-        self.status_before = status_before
-        self.status = status
-        self.path = cache.meta / "runs" / run_id
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Held for the run's life: a free lock tells _reap_dead_runs that the run is gone.
-        self._lock = FileLock(self.path.with_suffix(".lock"))
-        # Nobody else takes a new run's lock, but a listing may probe it for an instant.
-        self._lock.acquire(timeout=5)
-        self.path.mkdir()
-        self._seeded: dict[str, tuple[int, int, int]] = {}
-        self._sources: dict[str, tuple[int, int, int]] = {}
-
-    def seed(self, source: Path) -> None:
-        """Put the published cache file ``source`` into the staging dir."""
-        target = _fs.link_or_copy(source, self.path / source.name)
-        self._seeded[source.name] = _fs.identity(target)
-        self._sources[source.name] = _fs.identity(source)
-
-    def add_input(self, source: Path, stem: str) -> str:
-        """Put an input file in the staging dir under a plain name (``stem`` + a plain suffix).
-
-        The scripts paste the audio path into a shell command unquoted; inside the staging dir
-        it is harmless whatever the user called it. Returns the name.
-        """
-        suffix = source.suffix.lower()
-        name = stem + (suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else "")
-        _fs.link_or_copy(source, self.path / name)
-        return name
-
-    def unchanged_copy_of(self, published: Path) -> bool:
-        """Whether the run's file of that name is still the one seeded from ``published``."""
-        name = published.name
-        if name not in self._seeded or self.changed(name):
-            return False
-        try:
-            return _fs.identity(published) == self._sources[name]
-        except OSError:
-            return False
-
-    def changed(self, name: str) -> bool:
-        """Whether the run wrote ``name`` anew (it differs from what was seeded)."""
-        path = self.path / name
-        return path.is_file() and _fs.identity(path) != self._seeded.get(name)
-
-    def wrote_through_links(self) -> bool:
-        """Whether the run rewrote a seeded file in place (changing the published one too)."""
-        return any(
-            self.changed(name) and _fs.same_file(self.path / name, self.cache.path / name)
-            for name in self._seeded
-        )
-
-    def built(self, name: str) -> bool:
-        """Whether the run wrote ``name`` anew and it is a complete archive, as torch.save makes.
-
-        torch.save writes straight to its final name, so a killed run leaves a truncated file:
-        a plain zip check catches it without torch.
-        """
-        return self.changed(name) and is_complete_zip(self.path / name)
-
-    def discard(self) -> None:
-        """Remove the staging dir (the published cache is untouched) and end the run's lock."""
-        shutil.rmtree(self.path, ignore_errors=True)
-        self._lock.release()
-        self.path.with_suffix(".lock").unlink(missing_ok=True)
 
 
 # -- management ----------------------------------------------------------------------------
@@ -1062,21 +951,6 @@ def _choose(
 
 def _last_used(info: CacheInfo) -> datetime:
     return info.last_used_at or info.built_at or datetime.min.replace(tzinfo=timezone.utc)
-
-
-def _held(path: Path) -> bool:
-    """Whether someone holds the file lock at ``path``; a missing lock file is free.
-
-    A lock file removed between the check and the probe is created again by the probe, empty:
-    the next check-out reaps it like any dead run's.
-    """
-    if not path.exists():
-        return False
-    lock = FileLock(path)
-    if not try_acquire(lock):
-        return True
-    lock.release()
-    return False
 
 
 def _subdirs(folder: Path) -> tuple[str, ...]:

@@ -1,0 +1,140 @@
+"""A run's private staging dir in ``.nerfcache/runs``: seeded, written by the script, published.
+
+Each run holds ``runs/<run id>.lock`` for its life, so a free lock means the run is gone: the
+next check-out reaps what it left (its staging dir, and what it left running).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from filelock import FileLock
+
+from nerfcache import _fs
+from nerfcache._locks import held, try_acquire
+from nerfcache._procs import kill_leftovers
+from nerfcache.cache.layout import CacheStatus, Fingerprint, is_complete_zip
+
+if TYPE_CHECKING:
+    from nerfcache.cache.store import CharacterCache
+
+__all__ = ["RUNS_DIR", "Staging", "live_runs", "reap_dead_runs"]
+
+RUNS_DIR = "runs"
+"""In ``.nerfcache``: a staging dir and a lock file per run."""
+
+
+class Staging:
+    """A run's private staging dir: seeded from the published cache, published from, removed.
+
+    It is the script's ``--outdir`` (and ``--cache_dir``), so the script's byproducts land here
+    and never race with another run's (DESIGN.md section 2).
+    """
+
+    def __init__(
+        self,
+        cache: CharacterCache,
+        run_id: str,
+        fingerprint: Fingerprint,
+        status_before: CacheStatus,
+        status: CacheStatus,
+    ) -> None:
+        self.cache = cache
+        self.run_id = run_id
+        self.fingerprint = fingerprint
+        self.status_before = status_before
+        self.status = status
+        self.path = cache.meta / RUNS_DIR / run_id
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Held for the run's life: a free lock tells reap_dead_runs that the run is gone.
+        self._lock = FileLock(self.path.with_suffix(".lock"))
+        # Nobody else takes a new run's lock, but a listing may probe it for an instant.
+        self._lock.acquire(timeout=5)
+        self.path.mkdir()
+        self._seeded: dict[str, tuple[int, int, int]] = {}
+        self._sources: dict[str, tuple[int, int, int]] = {}
+
+    def seed(self, source: Path) -> None:
+        """Put the published cache file ``source`` into the staging dir."""
+        target = _fs.link_or_copy(source, self.path / source.name)
+        self._seeded[source.name] = _fs.identity(target)
+        self._sources[source.name] = _fs.identity(source)
+
+    def add_input(self, source: Path, stem: str) -> str:
+        """Put an input file in the staging dir under a plain name (``stem`` + a plain suffix).
+
+        The scripts paste the audio path into a shell command unquoted; inside the staging dir
+        it is harmless whatever the user called it. Returns the name.
+        """
+        suffix = source.suffix.lower()
+        name = stem + (suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else "")
+        _fs.link_or_copy(source, self.path / name)
+        return name
+
+    def unchanged_copy_of(self, published: Path) -> bool:
+        """Whether the run's file of that name is still the one seeded from ``published``."""
+        name = published.name
+        if name not in self._seeded or self.changed(name):
+            return False
+        try:
+            return _fs.identity(published) == self._sources[name]
+        except OSError:
+            return False
+
+    def changed(self, name: str) -> bool:
+        """Whether the run wrote ``name`` anew (it differs from what was seeded)."""
+        path = self.path / name
+        return path.is_file() and _fs.identity(path) != self._seeded.get(name)
+
+    def wrote_through_links(self) -> bool:
+        """Whether the run rewrote a seeded file in place (changing the published one too)."""
+        return any(
+            self.changed(name) and _fs.same_file(self.path / name, self.cache.path / name)
+            for name in self._seeded
+        )
+
+    def built(self, name: str) -> bool:
+        """Whether the run wrote ``name`` anew and it is a complete archive, as torch.save makes.
+
+        torch.save writes straight to its final name, so a killed run leaves a truncated file:
+        a plain zip check catches it without torch.
+        """
+        return self.changed(name) and is_complete_zip(self.path / name)
+
+    def discard(self) -> None:
+        """Remove the staging dir (the published cache is untouched) and end the run's lock."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._lock.release()
+        self.path.with_suffix(".lock").unlink(missing_ok=True)
+
+
+def live_runs(runs: Path, *, exclude: str | None = None) -> int:
+    """How many runs in ``runs`` are live (hold their lock), but the run ``exclude``."""
+    if not runs.is_dir():
+        return 0
+    return sum(1 for lock in runs.glob("*.lock") if lock.stem != exclude and held(lock))
+
+
+def reap_dead_runs(runs: Path) -> None:
+    """Remove staging dirs whose run is gone (its lock is free): a launcher crashed.
+
+    What such a run left running is killed first (``kill_leftovers``).
+    """
+    if not runs.is_dir():
+        return
+    for lock_path in runs.glob("*.lock"):
+        lock = FileLock(lock_path)
+        if not try_acquire(lock):
+            continue  # a live run
+        kill_leftovers(lock_path.stem)
+        try:
+            shutil.rmtree(lock_path.with_suffix(""), ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
+        finally:
+            lock.release()
+    for stray in runs.iterdir():
+        if stray.is_dir() and not stray.with_suffix(".lock").exists():
+            shutil.rmtree(stray, ignore_errors=True)
