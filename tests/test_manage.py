@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-import nerfcache.cache.store
+import nerfcache.cache.manage
 from nerfcache import CacheStatus, CharacterCache, Fingerprint, InvalidInputError, NerfCacheError
 from nerfcache.cache import CACHE_FILES, PTI_FILES, CacheInfo, list_caches, prune
-from nerfcache.cache.store import _choose
+from nerfcache.cache.manage import _choose
 from nerfcache.characters import BYPRODUCTS, find_test_image
 from nerfcache.testing import FakeProject, write_png
 from tests.conftest import files_opened
@@ -499,14 +499,14 @@ def test_prune_skips_a_cache_that_became_busy_after_the_listing(
 ) -> None:
     cache = publish(nerf_project, "rei")
     build = FileLock(cache.meta / "build.lock")
-    real = nerfcache.cache.store.list_caches
+    real = nerfcache.cache.manage.list_caches
 
     def listing_then_a_build_starts(settings):
         caches = real(settings)
         build.acquire()
         return caches
 
-    monkeypatch.setattr(nerfcache.cache.store, "list_caches", listing_then_a_build_starts)
+    monkeypatch.setattr(nerfcache.cache.manage, "list_caches", listing_then_a_build_starts)
     try:
         done = prune(nerf_project.settings, keep=0)
     finally:

@@ -17,6 +17,7 @@ builds single-flight (DESIGN.md section 3).
 from __future__ import annotations
 
 from nerfcache.cache.digests import digest_memo, file_sha256
+from nerfcache.cache.inspection import CacheInfo, Finding, FindingLevel, Verification
 from nerfcache.cache.layout import (
     CACHE_FILES,
     FIT_FILES,
@@ -26,18 +27,9 @@ from nerfcache.cache.layout import (
     Fingerprint,
     Manifest,
 )
+from nerfcache.cache.manage import Pruning, list_caches, prune
 from nerfcache.cache.staging import Staging
-from nerfcache.cache.store import (
-    CacheInfo,
-    CharacterCache,
-    Finding,
-    FindingLevel,
-    Pruning,
-    Snapshot,
-    Verification,
-    list_caches,
-    prune,
-)
+from nerfcache.cache.store import CharacterCache, Snapshot
 
 __all__ = [
     "CACHE_FILES",
