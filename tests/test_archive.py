@@ -13,12 +13,12 @@ import pytest
 from filelock import FileLock
 
 from nerfcache import (
+    CacheBusyError,
     CacheStatus,
     CharacterCache,
     Fingerprint,
     InvalidInputError,
     MissingFileError,
-    NerfCacheError,
     generate_video,
 )
 from nerfcache.archive import export_cache, import_cache
@@ -293,7 +293,7 @@ def test_import_leaves_a_cache_in_use_alone(archive, target: FakeProject, holder
     manifest = cache.manifest_path.read_bytes()
     lock = cache.meta / holder
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(lock), pytest.raises(NerfCacheError, match="in use"):
+    with FileLock(lock), pytest.raises(CacheBusyError, match="in use"):
         import_cache(io.BytesIO(archive), settings=target.settings, trust=True)
     assert cache.manifest_path.read_bytes() == manifest
     assert [name for name in leftovers(cache) if name.startswith("import-")] == []

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 from nerfcache import (
+    CacheBusyError,
     ConfigurationError,
+    GenerationCancelled,
     GenerationError,
     GenerationTimeout,
     InvalidInputError,
@@ -23,6 +25,8 @@ from nerfcache import (
         (ConfigurationError("set it", setting="conda_python", path=Path("/p")), FileNotFoundError),
         (GenerationError("failed"), RuntimeError),
         (GenerationTimeout("slow"), TimeoutError),
+        (GenerationCancelled("cancelled while waiting"), RuntimeError),
+        (CacheBusyError("in use by 2 running generation(s)", character="rei"), RuntimeError),
     ],
 )
 def test_errors_are_builtins_too_and_pickle_with_their_context(error, builtin) -> None:
@@ -36,3 +40,8 @@ def test_errors_are_builtins_too_and_pickle_with_their_context(error, builtin) -
 
 def test_timeout_is_a_generation_error() -> None:
     assert issubclass(GenerationTimeout, GenerationError)
+
+
+def test_a_busy_cache_is_no_generation_error() -> None:
+    assert not issubclass(CacheBusyError, GenerationError)
+    assert CacheBusyError("busy", character="rei").character == "rei"

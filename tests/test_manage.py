@@ -9,7 +9,14 @@ import pytest
 from filelock import FileLock
 
 import nerfcache.cache.manage
-from nerfcache import CacheStatus, CharacterCache, Fingerprint, InvalidInputError, NerfCacheError
+from nerfcache import (
+    CacheBusyError,
+    CacheStatus,
+    CharacterCache,
+    Fingerprint,
+    InvalidInputError,
+    NerfCacheError,
+)
 from nerfcache.cache import CACHE_FILES, PTI_FILES, CacheInfo, list_caches, prune
 from nerfcache.cache.manage import _choose
 from nerfcache.characters import BYPRODUCTS, find_test_image
@@ -369,8 +376,9 @@ def test_clear_leaves_a_cache_in_use_alone(nerf_project: FakeProject, holder: st
     cache = publish(nerf_project, "rei")
     lock_path = cache.meta / holder
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(lock_path), pytest.raises(NerfCacheError, match="in use"):
+    with FileLock(lock_path), pytest.raises(CacheBusyError, match="in use") as raised:
         cache.clear()
+    assert raised.value.character == "rei"
     assert cache.status() is CacheStatus.WARM
 
 
@@ -515,6 +523,22 @@ def test_prune_skips_a_cache_that_became_busy_after_the_listing(
     assert done.removed == ()
     assert done.freed_bytes == 0
     assert cache.status() is CacheStatus.WARM
+
+
+def test_prune_says_why_it_cannot_clear_a_cache_that_is_not_in_use(
+    nerf_project: FakeProject, tmp_path: Path
+) -> None:
+    cache = publish(nerf_project, "rei")
+    outside = tmp_path / "outside"
+    (outside / "20240101T000000-partial").mkdir(parents=True)
+    (cache.meta / "quarantine").symlink_to(outside, target_is_directory=True)
+    assert not cache.in_use()
+    # Not "in use: kept": the refusal names the link, which is what the user has to fix.
+    with pytest.raises(NerfCacheError, match="quarantine is a symbolic link") as raised:
+        prune(nerf_project.settings, keep=0)
+    assert not isinstance(raised.value, CacheBusyError)
+    assert cache.status() is CacheStatus.WARM
+    assert [p.name for p in outside.iterdir()] == ["20240101T000000-partial"]
 
 
 @pytest.mark.parametrize(

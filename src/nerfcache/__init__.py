@@ -21,6 +21,7 @@ from nerfcache.compat import make_generate_video
 from nerfcache.config import Settings, get_settings
 from nerfcache.doctor import Check, diagnose
 from nerfcache.errors import (
+    CacheBusyError,
     ConfigurationError,
     GenerationCancelled,
     GenerationError,
@@ -42,6 +43,7 @@ from nerfcache.progress import ProgressEvent
 
 __all__ = [
     "ArchiveManifest",
+    "CacheBusyError",
     "CacheInfo",
     "CacheStatus",
     "CharacterCache",

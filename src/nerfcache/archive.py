@@ -141,7 +141,7 @@ def import_cache(
 
     Raises:
         InvalidInputError: ``trust`` is not set, a bad name, or an archive that fails a check.
-        NerfCacheError: the character's cache is in use (a build or a live run).
+        CacheBusyError: the character's cache is in use (a build or a live run).
 
     """
     if not trust:

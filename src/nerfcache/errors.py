@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from nerfcache.generate import GenerationResult
 
 __all__ = [
+    "CacheBusyError",
     "ConfigurationError",
     "GenerationCancelled",
     "GenerationError",
@@ -51,6 +52,18 @@ class ConfigurationError(MissingFileError):
     def __init__(self, message: str, *, setting: str = "", path: Path | None = None) -> None:
         super().__init__(message, path=path)
         self.setting = setting
+
+
+class CacheBusyError(NerfCacheError, RuntimeError):
+    """A character's cache is in use (a cold build or a live run), so it was left as it was.
+
+    Raised by ``CharacterCache.clear`` and by an import (``install``); ``prune`` skips such a
+    cache. Try again when the runs are done.
+    """
+
+    def __init__(self, message: str, *, character: str = "") -> None:
+        super().__init__(message)
+        self.character = character
 
 
 class GenerationError(NerfCacheError, RuntimeError):

@@ -36,7 +36,7 @@ from nerfcache.cache.layout import (
 from nerfcache.cache.staging import RUNS_DIR, live_runs, reap_dead_runs
 from nerfcache.characters import character_dir
 from nerfcache.config import Settings
-from nerfcache.errors import ConfigurationError, NerfCacheError
+from nerfcache.errors import CacheBusyError, ConfigurationError, NerfCacheError
 
 __all__ = ["CacheFolder"]
 
@@ -109,19 +109,25 @@ class CacheFolder:
         """Hold the build lock and make sure no other run is live (call with the state lock).
 
         New runs cannot start meanwhile: their staging dirs are made under the state lock.
+
+        Raises:
+            CacheBusyError: a run builds the cache, or another run is live.
+
         """
         building = self.build_lock()
         if not try_acquire(building):
-            raise NerfCacheError(
+            raise CacheBusyError(
                 f"the cache of {self.character!r} is in use: a run is building it; try again"
-                " when it is done"
+                " when it is done",
+                character=self.character,
             )
         try:
             reap_dead_runs(self.meta / RUNS_DIR)
             if live := live_runs(self.meta / RUNS_DIR, exclude=own_run):
-                raise NerfCacheError(
+                raise CacheBusyError(
                     f"the cache of {self.character!r} is in use by {live} running"
-                    " generation(s); try again when they are done"
+                    " generation(s); try again when they are done",
+                    character=self.character,
                 )
             yield
         finally:

@@ -14,7 +14,7 @@ from nerfcache.cache.inspection import CacheInfo, describe
 from nerfcache.cache.layout import timestamp
 from nerfcache.cache.store import CharacterCache
 from nerfcache.config import Settings
-from nerfcache.errors import InvalidInputError, NerfCacheError
+from nerfcache.errors import CacheBusyError, InvalidInputError
 
 __all__ = ["Pruning", "list_caches", "prune"]
 
@@ -75,6 +75,9 @@ def prune(
     Raises:
         InvalidInputError: none of ``max_bytes``, ``older_than`` and ``keep`` is given, or one
             is negative.
+        NerfCacheError: a cache to remove cannot be cleared for another reason than being in
+            use (a symbolic link in its ``.nerfcache``, say); the caches before it in the order
+            are removed, the ones after it are not.
 
     """
     if max_bytes is None and older_than is None and keep is None:
@@ -98,7 +101,7 @@ def prune(
     for info in plan.removed:
         try:
             freed += CharacterCache(settings, info.character).clear()
-        except NerfCacheError:
+        except CacheBusyError:
             skipped.append(info)  # a run started since the listing
         else:
             removed.append(info)

@@ -275,7 +275,9 @@ class CharacterCache(CacheFolder):
         Never ``images/``, ``audio.wav`` or any other file of the user.
 
         Raises:
-            NerfCacheError: the cache is in use (a build or a live run); nothing was removed.
+            CacheBusyError: the cache is in use (a build or a live run); nothing was removed.
+            NerfCacheError: ``.nerfcache`` or a folder in it is a symbolic link; nothing was
+                removed.
 
         """
         if not self.path.is_dir():
@@ -361,7 +363,7 @@ class CharacterCache(CacheFolder):
 
         Raises:
             InvalidInputError: a file is missing, of another size or not a complete archive.
-            NerfCacheError: the cache is in use (a build or another live run).
+            CacheBusyError: the cache is in use (a build or another live run).
 
         """
         for name, size in manifest.files.items():
