@@ -6,8 +6,11 @@ next check-out reaps what it left (its staging dir, and what it left running).
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,10 +24,20 @@ from nerfcache.cache.layout import CacheStatus, Fingerprint, is_complete_zip
 if TYPE_CHECKING:
     from nerfcache.cache.store import CharacterCache
 
-__all__ = ["RUNS_DIR", "Staging", "live_runs", "reap_dead_runs"]
+__all__ = ["RUNS_DIR", "Staging", "live_runs", "new_run_id", "reap_dead_runs"]
 
 RUNS_DIR = "runs"
 """In ``.nerfcache``: a staging dir and a lock file per run."""
+
+
+def new_run_id(kind: str = "") -> str:
+    """A new run's id: when, which process, and a random part; ``kind`` prefixes it.
+
+    It names the run's staging dir and lock, and every process of the run inherits it as
+    ``NERFCACHE_RUN`` (``kill_leftovers`` finds them by it).
+    """
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+    return f"{kind}-{run_id}" if kind else run_id
 
 
 class Staging:

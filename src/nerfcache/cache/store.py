@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import secrets
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -45,7 +42,7 @@ from nerfcache.cache.layout import (
     timestamp,
     zip_problem,
 )
-from nerfcache.cache.staging import RUNS_DIR, Staging, live_runs, reap_dead_runs
+from nerfcache.cache.staging import RUNS_DIR, Staging, live_runs, new_run_id, reap_dead_runs
 from nerfcache.characters import resolve_model
 from nerfcache.errors import InvalidInputError, MissingFileError
 
@@ -77,7 +74,7 @@ class CharacterCache(CacheFolder):
         the one for this fingerprint), adopt a complete legacy cache, quarantine broken files,
         then hard-link what is published into a new private staging dir.
         """
-        run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+        run_id = new_run_id()
         self._refuse_links()
         with self.state_lock():
             reap_dead_runs(self.meta / RUNS_DIR)
@@ -345,7 +342,7 @@ class CharacterCache(CacheFolder):
         It counts as a live run until it is removed on the way out: nothing clears or reaps
         the cache under it, and a crash leaves a dead run that the next check-out reaps.
         """
-        run_id = f"import-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+        run_id = new_run_id("import")
         self._refuse_links()
         with self.state_lock():  # staging dirs appear under the state lock, as in checkout
             staging = Staging(self, run_id, fingerprint, CacheStatus.COLD, CacheStatus.COLD)
