@@ -18,7 +18,14 @@ from nerfcache.cache import FindingLevel
 from nerfcache.config import CODE_DIR_NAME, Settings
 from nerfcache.launch import plan_launch
 
-__all__ = ["LOW_DISK_BYTES", "PROBE_TIMEOUT_S", "Check", "diagnose"]
+__all__ = [
+    "LOW_DISK_BYTES",
+    "PROBE_TIMEOUT_S",
+    "Check",
+    "diagnose",
+    "format_bytes",
+    "free_bytes",
+]
 
 PROBE_TIMEOUT_S = 120.0
 LOW_DISK_BYTES = 5 << 30  # a character's cache is 0.3-3 GB
@@ -198,12 +205,12 @@ def _disk_checks(cache_root: Path) -> list[Check]:
             "cache_root",
         )
     ]
-    free = _free_bytes(cache_root)
+    free = free_bytes(cache_root)
     checks.append(
         Check(
             "disk",
             "ok" if free >= LOW_DISK_BYTES else "warning",
-            f"{_bytes(free)} free for caches"
+            f"{format_bytes(free)} free for caches"
             + ("" if free >= LOW_DISK_BYTES else f" (a cache takes up to 3 GB){fix}"),
             "cache_root",
         )
@@ -253,10 +260,11 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-# The CLI's listings use _bytes and _free_bytes too, so `cache list` and the disk check agree.
+# Public: the CLI's listings use these too, so `cache list` and the disk check agree.
 
 
-def _bytes(size: int) -> str:
+def format_bytes(size: int) -> str:
+    """``size`` for people: ``512 B``, ``1.5 GiB`` (powers of 1024)."""
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < _KIB:
@@ -265,7 +273,8 @@ def _bytes(size: int) -> str:
     return f"{value:.1f} TiB"
 
 
-def _free_bytes(path: Path) -> int:
+def free_bytes(path: Path) -> int:
+    """Free disk space where ``path`` is, or would be created (its nearest existing parent)."""
     return shutil.disk_usage(_existing_ancestor(path)).free
 
 
