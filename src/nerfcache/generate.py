@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from loguru import logger
 
 from nerfcache._fs import atomic_write
+from nerfcache._wav import write_wav
 from nerfcache.cache import META_DIR, CacheStatus, CharacterCache, Fingerprint, digest_memo
 from nerfcache.characters import (
     find_test_image,
@@ -458,8 +459,6 @@ def warm(
     status = CharacterCache(settings, character).status(inputs.fingerprint)
     if status is CacheStatus.WARM:
         return status
-    from nerfcache.testing import write_wav  # noqa: PLC0415 - one small helper, not the fixtures
-
     with tempfile.TemporaryDirectory(prefix="nerfcache-warm-") as tmp:
         audio = write_wav(Path(tmp) / "silence.wav", seconds=0.5)
         generate_video(

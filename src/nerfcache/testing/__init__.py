@@ -18,10 +18,10 @@ import shutil
 import stat
 import struct
 import sys
-import wave
 import zlib
 from pathlib import Path
 
+from nerfcache._wav import write_wav
 from nerfcache.config import CACHE_SCRIPT, STOCK_SCRIPT, Settings
 from nerfcache.testing.fake_nerf import CODE_FILES
 
@@ -193,15 +193,4 @@ def write_png(path: Path, color: tuple[int, int, int], size: int = 32) -> Path:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(png)
-    return path
-
-
-def write_wav(path: Path, seconds: float = 1.0, rate: int = 16000) -> Path:
-    """Write a silent mono 16-bit WAV (standard library only); return ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(b"\x00\x00" * int(seconds * rate))
     return path
