@@ -30,13 +30,8 @@ from nerfcache.errors import (
     MissingFileError,
     NerfCacheError,
 )
-from nerfcache.generate import (
-    GenerationResult,
-    agenerate_video,
-    generate_video,
-    stream_video,
-    warm,
-)
+from nerfcache.generate import GenerationResult, generate_video, warm
+from nerfcache.generate_async import agenerate_video, stream_video
 from nerfcache.launch import LaunchPlan
 from nerfcache.logs import log_to_stdlib, stop_log_to_stdlib
 from nerfcache.progress import ProgressEvent
