@@ -10,7 +10,7 @@ from typing import TypedDict
 import pytest
 
 from nerfcache import ConfigurationError, Settings
-from nerfcache.launch import find_script, plan_launch
+from nerfcache.launch import find_script, is_shell_safe, link_home, plan_launch, staged_name
 from nerfcache.testing import FakeProject, make_fake_project
 
 STOCK = "main_NeRFFaceSpeech_audio_driven_w_given_poses.py"
@@ -294,3 +294,54 @@ def test_the_process_environment_is_inherited_by_default(project, tmp_path, monk
     )
     assert plan.env["NERFCACHE_TEST_INHERITED"] == "yes"
     assert not os.environ["PATH"].startswith(str(settings.conda_env))  # os.environ is untouched
+
+
+# --- the names and paths the script is given ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "stem", "name"),
+    [
+        ("speech.wav", "audio", "audio.wav"),
+        ("SPEECH.WAV", "audio", "audio.wav"),
+        ("a b;touch PWNED;.wav", "audio", "audio.wav"),
+        ("clip.mp3", "audio", "audio.mp3"),
+        ("no-suffix", "audio", "audio"),
+        ("clip.$(reboot)", "audio", "audio"),
+        ("clip.wav;rm", "audio", "audio"),
+        ("portrait.PNG", "portrait", "portrait.png"),
+        ("绫波丽.jpg", "portrait", "portrait.jpg"),
+        ("x.averyveryverylongsuffix", "portrait", "portrait"),
+    ],
+)
+def test_inputs_get_plain_names_in_the_staging_dir(source: str, stem: str, name: str) -> None:
+    # The scripts paste --test_data into a shell command unquoted.
+    assert staged_name(Path("/uploads") / source, stem) == name
+    assert is_shell_safe(name)
+
+
+@pytest.mark.parametrize(
+    ("path", "safe"),
+    [
+        ("/srv/app/assets/charactor/ayanami/.nerfcache/runs/20261130T000000-1-abcdef", True),
+        ("/tmp/nerfcache-x_1/run", True),
+        ("/my project/assets", False),
+        ("/srv/a;touch PWNED;", False),
+        ("/srv/$HOME", False),
+        ("/srv/绫波丽", False),
+        ("/srv/it's", False),
+        ("", False),
+    ],
+)
+def test_a_path_is_given_to_the_script_as_it_is_only_where_the_shell_takes_it_whole(
+    path: str, safe: bool
+) -> None:
+    assert is_shell_safe(path) is safe
+
+
+@pytest.mark.parametrize(
+    ("temp_dir", "home"),
+    [("/tmp", "/tmp"), ("/var/tmp/user_1", "/var/tmp/user_1"), ("/home/me/my temp", "/tmp")],
+)
+def test_shell_safe_links_are_made_in_a_shell_safe_temporary_folder(temp_dir, home) -> None:
+    assert link_home(Path(temp_dir)) == Path(home)

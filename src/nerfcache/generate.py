@@ -1,7 +1,8 @@
 """generate_video and warm: check the inputs, stage, run, publish, deliver.
 
 The run logic is written once, here, in sync form; ``generate_async`` drives it from a worker
-thread. Whether the script's video counts and where it goes is ``delivery``'s decision.
+thread. Which command the script gets (names, paths, environment) is ``launch``'s decision;
+whether its video counts and where it goes, ``delivery``'s.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import contextlib
 import dataclasses
 import inspect
 import math
-import re
 import shutil
 import tempfile
 import threading
@@ -37,7 +37,15 @@ from nerfcache.errors import (
     InvalidInputError,
 )
 from nerfcache.gpus import gpu_slot
-from nerfcache.launch import find_script, plan_launch
+from nerfcache.launch import (
+    AUDIO_STEM,
+    PORTRAIT_STEM,
+    find_script,
+    is_shell_safe,
+    link_home,
+    plan_launch,
+    staged_name,
+)
 from nerfcache.progress import ProgressEvent, ProgressTracker
 from nerfcache.run import RunOutcome, run_plan
 from nerfcache.workdir import working_dir
@@ -45,8 +53,6 @@ from nerfcache.workdir import working_dir
 __all__ = ["VIDEO_NAME", "GenerationResult", "generate_video", "warm"]
 
 WORKDIR_NAME = "workdir"  # the run's private view of the code folder, inside its staging dir
-# What the scripts' unquoted shell mux can take without splitting or running anything.
-_SHELL_SAFE = re.compile(r"[A-Za-z0-9_./-]+")
 
 ProgressCallback = Callable[[ProgressEvent], object]
 
@@ -275,18 +281,21 @@ def _run(
                 cancel=cancel,
                 on_queued=lambda: tracker.stage("queued", "waiting for a free GPU slot"),
             ) as gpu,
-            _shell_safe(staging.path) as workdir,
+            _shell_safe(staging.path) as outdir,
         ):
-            # The scripts paste the audio path into a shell command unquoted: stage it (and
-            # the portrait, whose copy is then what the run uses) under plain names.
-            portrait = staging.path / staging.add_input(image, "portrait")
+            # The scripts paste the audio path into a shell command unquoted: the inputs go into
+            # the staging dir under plain names (and the portrait's there is what the run uses).
+            audio_name = staged_name(audio, AUDIO_STEM)
+            image_name = staged_name(image, PORTRAIT_STEM)
+            portrait = staging.add_input(image, image_name)
+            staging.add_input(audio, audio_name)
             plan = plan_launch(
                 settings,
                 script=inputs.script,
                 cache_capable=inputs.cache_capable,
-                outdir=workdir,
-                audio=workdir / staging.add_input(audio, "audio"),
-                image=workdir / portrait.name,
+                outdir=outdir,
+                audio=outdir / audio_name,
+                image=outdir / image_name,
                 network=network,
                 cwd=cwd,
                 gpu=gpu,
@@ -375,16 +384,13 @@ def warm(
 def _shell_safe(path: Path) -> Iterator[Path]:
     """Yield ``path``, or a shell-safe symlink to it when its own spelling is not.
 
-    cache_root and character names may hold spaces or shell metacharacters; the scripts paste
-    ``--outdir`` into a shell command unquoted.
+    ``launch`` decides (``is_shell_safe``, ``link_home``); this makes the link, in a private
+    ``mkdtemp`` folder removed on the way out.
     """
-    if _SHELL_SAFE.fullmatch(str(path)):
+    if is_shell_safe(path):
         yield path
         return
-    base = Path(tempfile.mkdtemp(prefix="nerfcache-"))
-    if not _SHELL_SAFE.fullmatch(str(base)):
-        shutil.rmtree(base)
-        base = Path(tempfile.mkdtemp(prefix="nerfcache-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="nerfcache-", dir=link_home(Path(tempfile.gettempdir()))))
     try:
         (base / "run").symlink_to(path, target_is_directory=True)
         yield base / "run"

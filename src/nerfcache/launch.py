@@ -1,23 +1,44 @@
 """LaunchPlan: which NeRF script to run, with which argv, environment and working directory.
 
-Pure decisions: nothing here does I/O beyond ``stat``.
+Every decision about the command is here: which script, the options and their paths, the names
+the inputs get in the staging dir, and whether the script is given the staging dir itself or a
+shell-safe link to it. Pure decisions: nothing here does I/O beyond ``stat``; ``generate`` makes
+the files and the link these functions name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from nerfcache.config import Settings
 from nerfcache.errors import ConfigurationError
 
-__all__ = ["RUN_VARIABLE", "LaunchPlan", "find_script", "plan_launch"]
+__all__ = [
+    "AUDIO_STEM",
+    "PORTRAIT_STEM",
+    "RUN_VARIABLE",
+    "LaunchPlan",
+    "find_script",
+    "is_shell_safe",
+    "link_home",
+    "plan_launch",
+    "staged_name",
+]
 
 RUN_VARIABLE = "NERFCACHE_RUN"
 """Set to the run id in the script's environment, which its children inherit: what a dead
 launcher left running can be found and stopped by the next run of the character."""
+AUDIO_STEM = "audio"
+PORTRAIT_STEM = "portrait"
+"""The names (before their suffix) of the run's copies of the audio and the portrait."""
+# What the scripts' unquoted shell mux can take without splitting or running anything.
+_SHELL_SAFE = re.compile(r"[A-Za-z0-9_./-]+")
+_PLAIN_SUFFIX = re.compile(r"\.[a-z0-9]{1,10}")
+_LAST_RESORT_TEMP = Path("/tmp")  # noqa: S108 - only its name is used, for a private mkdtemp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +138,36 @@ def plan_launch(
         script=script,
         cache_capable=cache_capable,
     )
+
+
+def staged_name(source: Path, stem: str) -> str:
+    """The name an input gets in the staging dir: ``stem`` and the source's suffix, if plain.
+
+    The scripts paste ``--test_data`` into a shell command unquoted; inside the staging dir, under
+    this name, it is harmless whatever the user called it (``a b;touch PWNED;.wav`` becomes
+    ``audio.wav``). The suffix is kept, lowercased, where it is a plain one: decoders look at it.
+    """
+    suffix = source.suffix.lower()
+    return stem + (suffix if _PLAIN_SUFFIX.fullmatch(suffix) else "")
+
+
+def is_shell_safe(path: Path | str) -> bool:
+    """Whether the scripts' unquoted shell command takes ``path`` as one word that runs nothing.
+
+    ``cache_root`` and character names may hold spaces, ``;`` or non-ASCII letters; the scripts
+    paste ``--outdir`` into their ffmpeg command as it is. Such a staging dir is given to the
+    script through a shell-safe symbolic link instead (made in ``link_home``).
+    """
+    return _SHELL_SAFE.fullmatch(str(path)) is not None
+
+
+def link_home(temp_dir: Path) -> Path:
+    """Where the folder holding a shell-safe link to a staging dir is made.
+
+    ``temp_dir`` (the system's temporary folder) where its own path is shell-safe, else
+    ``/tmp``. The folder is a ``mkdtemp`` (whose names are shell-safe) holding one link, ``run``.
+    """
+    return temp_dir if is_shell_safe(temp_dir) else _LAST_RESORT_TEMP
 
 
 def _require(path: Path, setting: str, what: str, *, is_dir: bool = False) -> None:

@@ -7,7 +7,6 @@ next check-out reaps what it left (its staging dir, and what it left running).
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shutil
 import time
@@ -76,16 +75,9 @@ class Staging:
         self._seeded[source.name] = _fs.identity(target)
         self._sources[source.name] = _fs.identity(source)
 
-    def add_input(self, source: Path, stem: str) -> str:
-        """Put an input file in the staging dir under a plain name (``stem`` + a plain suffix).
-
-        The scripts paste the audio path into a shell command unquoted; inside the staging dir
-        it is harmless whatever the user called it. Returns the name.
-        """
-        suffix = source.suffix.lower()
-        name = stem + (suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else "")
-        _fs.link_or_copy(source, self.path / name)
-        return name
+    def add_input(self, source: Path, name: str) -> Path:
+        """Put an input file in the staging dir as ``name`` (``launch.staged_name``); return it."""
+        return _fs.link_or_copy(source, self.path / name)
 
     def unchanged_copy_of(self, published: Path) -> bool:
         """Whether the run's file of that name is still the one seeded from ``published``."""
