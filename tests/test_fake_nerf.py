@@ -748,6 +748,25 @@ def test_spawned_child_shares_the_process_group(layout: Layout) -> None:
         os.kill(child_pid, signal.SIGKILL)
 
 
+def test_overwrite_inputs_saves_over_the_given_files_in_place(layout: Layout) -> None:
+    image = shutil.copyfile(layout.image, layout.root / "given.png")
+    audio = shutil.copyfile(layout.audio, layout.root / "given.wav")
+    alias = layout.root / "alias.png"
+    os.link(image, alias)  # what a hard-linked input would be: the user's file itself
+    before = {path: (path.stat().st_ino, path.read_bytes()) for path in (image, audio)}
+    env = layout.env(FAKE_NERF_OVERWRITE_INPUTS="1")
+    result = layout.run(
+        layout.root / "out", cache_dir=layout.root / "c", image=image, audio=audio, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert (layout.root / "out" / VIDEO).stat().st_size > 0
+    for path, (inode, data) in before.items():
+        assert path.stat().st_ino == inode  # the same file, written over
+        assert path.read_bytes() != data
+    assert alias.read_bytes() == image.read_bytes()
+    assert [e["option"] for e in layout.events("overwrote")] == ["--test_img", "--test_data"]
+
+
 def test_ffmpeg_mode_makes_a_real_mp4(layout: Layout) -> None:
     import imageio_ffmpeg  # type: ignore[import-untyped]  # the [video] extra, in [dev]
 

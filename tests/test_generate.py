@@ -703,6 +703,41 @@ def test_user_files_survive_everything(nerf_project: FakeProject) -> None:
     assert snapshot(folder) == before
 
 
+def test_a_script_that_saves_over_its_inputs_leaves_the_user_s_files_as_they_were(
+    nerf_project: FakeProject, tmp_path: Path
+) -> None:
+    audio = write_wav(tmp_path / "uploads" / "speech.wav")
+    portrait = nerf_project.character_dir() / "images" / "portrait.png"
+    mine = {path: path.read_bytes() for path in (audio, portrait)}
+    assert generate(nerf_project, "cold", audio=audio)
+    cache = {name: sha256(nerf_project.character_dir() / name) for name in CACHE_FILES}
+    rewrites = nerf_project.with_env(FAKE_NERF_OVERWRITE_INPUTS=1)
+
+    again = generate(nerf_project, "warm", audio=audio, settings=rewrites)
+    assert again.cache_hit
+    assert again  # the video is made all the same
+    assert {path: path.read_bytes() for path in mine} == mine
+    # The cache the run used is untouched; its copy of the portrait was written over, so it
+    # cannot say which face it fitted: nothing is published from it.
+    assert again.published == ()
+    assert {name: sha256(nerf_project.character_dir() / name) for name in CACHE_FILES} == cache
+
+    nerf_project.add_character("kaworu")
+    kaworu = nerf_project.character_dir("kaworu") / "images" / "portrait.png"
+    theirs = kaworu.read_bytes()
+    cold = generate(nerf_project, "k", audio=audio, character="kaworu", settings=rewrites)
+    assert cold
+    assert not cold.published
+    assert kaworu.read_bytes() == theirs
+    assert {path: path.read_bytes() for path in mine} == mine
+    overwritten = [
+        json.loads(line)
+        for line in nerf_project.log.read_text(encoding="utf-8").splitlines()
+        if '"overwrote"' in line
+    ]
+    assert len(overwritten) == 4  # the fake did write over both inputs, in both runs
+
+
 # -- bad input leaves every file as it was --
 
 

@@ -104,11 +104,18 @@ class _Inputs:
     versions: tuple[tuple[int, int], tuple[int, int]]
     """(size, mtime) of the portrait and the network when they were hashed."""
 
-    def changed(self, image: Path) -> str | None:
-        """Which input changed since it was hashed (``image``: the run's copy), or None."""
-        if _version(image) != self.versions[0]:
+    def changed(self, portrait: Path, *, during_run: bool = False) -> str | None:
+        """Which input is not the version that was hashed, or None.
+
+        ``portrait`` is the run's copy of the portrait, which keeps the original's (size,
+        mtime): before the run it differs when the user replaced the portrait since it was
+        hashed; after the run, when the script wrote over its copy.
+        """
+        if not _is_version(portrait, self.versions[0]):
+            if during_run:
+                return f"the run's copy of the portrait ({portrait.name})"
             return f"the portrait {self.image}"
-        if _version(self.network) != self.versions[1]:
+        if not _is_version(self.network, self.versions[1]):
             return f"the network {self.network}"
         return None
 
@@ -116,6 +123,14 @@ class _Inputs:
 def _version(path: Path) -> tuple[int, int]:
     stat = path.stat()
     return (stat.st_size, stat.st_mtime_ns)
+
+
+def _is_version(path: Path, version: tuple[int, int]) -> bool:
+    """Whether ``path`` is still the file of that (size, mtime); a file gone is not."""
+    try:
+        return _version(path) == version
+    except OSError:
+        return False
 
 
 def _check_inputs(
@@ -283,8 +298,10 @@ def _run(
             ) as gpu,
             _shell_safe(staging.path) as outdir,
         ):
-            # The scripts paste the audio path into a shell command unquoted: the inputs go into
-            # the staging dir under plain names (and the portrait's there is what the run uses).
+            # The scripts paste the audio path into a shell command unquoted: the inputs are
+            # copied into the staging dir under plain names. Copies, never links: whatever the
+            # script writes there, the user's files stay as they were; and the copy of the
+            # portrait is what the run uses, so it is what is checked against the hash.
             audio_name = staged_name(audio, AUDIO_STEM)
             image_name = staged_name(image, PORTRAIT_STEM)
             portrait = staging.add_input(image, image_name)
@@ -313,7 +330,7 @@ def _run(
                 outcome = run_plan(plan, timeout=timeout, cancel=cancel, on_line=line, log=log)
             finally:
                 # Also when the run was interrupted: finished PTI work is worth keeping.
-                if changed := inputs.changed(portrait):
+                if changed := inputs.changed(portrait, during_run=True):
                     log.warning("{} changed during the run: nothing published", changed)
                     published: tuple[str, ...] = ()
                 else:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from filelock import FileLock
@@ -9,6 +10,7 @@ from nerfcache import (
     CacheStatus,
     CharacterCache,
 )
+from nerfcache.cache import CACHE_FILES
 from tests.cache.helpers import (
     FP,
     build,
@@ -46,3 +48,32 @@ def test_dead_runs_are_reaped_live_ones_kept(cache: CharacterCache) -> None:
     finally:
         live.release()
     assert sorted(p.name for p in runs.iterdir()) == ["live", "live.lock"]
+
+
+def test_inputs_are_copied_never_linked(cache: CharacterCache, tmp_path: Path) -> None:
+    # Whatever the script writes to its --test_img, the user's file stays as it was.
+    mine = tmp_path / "uploads" / "portrait.png"
+    mine.parent.mkdir()
+    mine.write_bytes(b"the user's portrait")
+    with cache.stage(FP, image=Path("i"), network=Path("n")) as staging:
+        copy = staging.add_input(mine, "portrait.png")
+        assert copy == staging.path / "portrait.png"
+        assert not copy.samefile(mine)
+        # Same bytes and the same mtime: the copy says which version of the portrait it is.
+        assert copy.read_bytes() == mine.read_bytes()
+        assert copy.stat().st_mtime_ns == mine.stat().st_mtime_ns
+        copy.write_bytes(b"written over by the script")
+    assert mine.read_bytes() == b"the user's portrait"
+
+
+def test_published_files_are_read_only_once_a_run_links_them(cache: CharacterCache) -> None:
+    # A script (not root) that opens its hard link for writing fails rather than changing
+    # the published file; a root one is caught after the run (test_store).
+    build(cache)
+    with cache.stage(FP, image=Path("i"), network=Path("n")) as staging:
+        for name in CACHE_FILES:
+            assert (staging.path / name).samefile(cache.path / name)
+            assert stat.S_IMODE((cache.path / name).stat().st_mode) & 0o222 == 0
+    assert cache.status(FP) is CacheStatus.WARM
+    assert cache.clear() > 0  # read-only files are still removed
+    assert not any((cache.path / name).exists() for name in CACHE_FILES)

@@ -6,9 +6,11 @@ next check-out reaps what it left (its staging dir, and what it left running).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +29,7 @@ __all__ = ["RUNS_DIR", "Staging", "live_runs", "new_run_id", "reap_dead_runs"]
 
 RUNS_DIR = "runs"
 """In ``.nerfcache``: a staging dir and a lock file per run."""
+_WRITABLE = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 
 
 def new_run_id(kind: str = "") -> str:
@@ -70,14 +73,32 @@ class Staging:
         self._sources: dict[str, tuple[int, int, int]] = {}
 
     def seed(self, source: Path) -> None:
-        """Put the published cache file ``source`` into the staging dir."""
+        """Put the published cache file ``source`` into the staging dir: a hard link to it.
+
+        The file is made read-only first (it is never written again: publishing renames new
+        files in), so a script that opens its hard link for writing fails rather than changing
+        the published file, unless it runs as root, which ignores file modes:
+        ``wrote_through_links`` then finds the change after the run and the cache is
+        quarantined. A copy where links fail.
+        """
+        identity = _fs.identity(source)
+        mode = source.stat().st_mode
+        if mode & _WRITABLE:
+            # Another user's file, or a read-only mount: its mode is not ours to change.
+            with contextlib.suppress(OSError):
+                source.chmod(stat.S_IMODE(mode) & ~_WRITABLE)
         target = _fs.link_or_copy(source, self.path / source.name)
         self._seeded[source.name] = _fs.identity(target)
-        self._sources[source.name] = _fs.identity(source)
+        self._sources[source.name] = identity
 
     def add_input(self, source: Path, name: str) -> Path:
-        """Put an input file in the staging dir as ``name`` (``launch.staged_name``); return it."""
-        return _fs.link_or_copy(source, self.path / name)
+        """Copy an input of the user's into the staging dir as ``name``; return the copy.
+
+        A copy, never a link: whatever the script writes to its ``--test_img`` or
+        ``--test_data``, the user's file stays as it was. ``shutil.copy2`` keeps the file's
+        modification time, so the copy's (size, mtime) still says which version it is.
+        """
+        return Path(shutil.copy2(source, self.path / name))
 
     def unchanged_copy_of(self, published: Path) -> bool:
         """Whether the run's file of that name is still the one seeded from ``published``."""

@@ -844,6 +844,22 @@ def _announce_cache_dir(job: Job) -> None:
         print(f"Using output directory as cache directory: {job.cache_dir}")
 
 
+def _overwrite_inputs(job: Job) -> None:
+    """FAKE_NERF_OVERWRITE_INPUTS=1: save over ``--test_img`` and ``--test_data`` in place.
+
+    Not a fact of the real scripts (they are not known to do it): a script that saves to the
+    path it was given, as ``PIL.Image.save`` or a re-encode to the same path would. Opening
+    with ``"wb"`` truncates and rewrites that very file (its inode): through a hard link, the
+    user's own. One byte more keeps both files readable (decoders skip trailing bytes).
+    """
+    if os.environ.get("FAKE_NERF_OVERWRITE_INPUTS") != "1":
+        return
+    for flag in ("--test_img", "--test_data"):
+        path = Path(job.opt(flag))
+        path.write_bytes(path.read_bytes() + b"\n")
+        _log("overwrote", option=flag, path=str(path))
+
+
 def _cwd_entries() -> dict[str, str]:
     """What the working directory holds: name -> ``link``, ``dir`` or ``file``."""
     entries: dict[str, str] = {}
@@ -883,6 +899,7 @@ def _run(job: Job, args: list[str]) -> int:
     _read(network)  # dnnlib.util.open_url opens a local path with open(path, "rb")
     _checkpoint(job, "loading")
     _open_image(job.opt("--test_img"))
+    _overwrite_inputs(job)
     Path(f"{job.outdir}/input_img.png").write_bytes(_png(job.token))
     _read(SEG)
     _import("Deep3DFaceRecon_pytorch", MODULES["Deep3DFaceRecon_pytorch"][0])
