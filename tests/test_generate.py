@@ -23,6 +23,7 @@ from nerfcache import (
     MissingFileError,
     ProgressEvent,
     generate_video,
+    warm,
 )
 from nerfcache.cache import CACHE_FILES, PTI_FILES
 from nerfcache.testing import FakeProject, make_fake_project, write_png, write_wav
@@ -736,6 +737,27 @@ def test_a_script_that_saves_over_its_inputs_leaves_the_user_s_files_as_they_wer
         if '"overwrote"' in line
     ]
     assert len(overwritten) == 4  # the fake did write over both inputs, in both runs
+
+
+def test_the_character_name_is_checked_once_a_request(nerf_project: FakeProject, monkeypatch):
+    import nerfcache.characters
+
+    checked: list[str] = []
+    check = nerfcache.characters.validate_character
+
+    def counting(name: str) -> str:
+        checked.append(name)
+        return check(name)
+
+    monkeypatch.setattr(nerfcache.characters, "validate_character", counting)
+    assert generate(nerf_project, "1")
+    assert checked == [nerf_project.character]
+    checked.clear()
+    nerf_project.add_character("kaworu")
+    assert warm("kaworu", nerf_project.model_name, settings=nerf_project.settings) is (
+        CacheStatus.COLD
+    )
+    assert checked == ["kaworu"]
 
 
 # -- bad input leaves every file as it was --

@@ -87,18 +87,35 @@ def character_dir(settings: Settings, character: str) -> Path:
 
 
 def find_test_image(
-    settings: Settings, character: str, test_image: Path | str | None = None
+    settings: Settings,
+    character: str,
+    test_image: Path | str | None = None,
+    *,
+    folder: Path | None = None,
 ) -> Path:
     """Return the portrait for ``character``, absolute.
 
     Looked for in this order: ``test_image`` if given, the ``characters`` registry, the first
     image (sorted) in ``{cache_root}/{character}/images/``, then in ``{cache_root}/{character}/``.
+
+    Args:
+        settings: where the registry and ``cache_root`` are.
+        character: the character's name.
+        test_image: the portrait, if the caller names one: it must be an existing file.
+        folder: the character's folder when the caller has it already checked (a
+            ``CharacterCache``'s ``path``); by default ``character_dir(settings, character)``.
+
+    Raises:
+        InvalidInputError: a bad character name.
+        MissingFileError: no portrait was found, or ``test_image`` is not a file.
+
     """
     if test_image is not None:
         return _existing_file(Path(test_image), what="test image")
     if character in settings.characters:
         return _existing_file(settings.characters[character], what=f"test image of {character!r}")
-    folder = character_dir(settings, character)
+    if folder is None:
+        folder = character_dir(settings, character)
     for place in (folder / "images", folder):
         if place.is_dir():
             images = sorted(

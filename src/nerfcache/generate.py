@@ -22,12 +22,7 @@ from loguru import logger
 
 from nerfcache._wav import write_wav
 from nerfcache.cache import CacheStatus, CharacterCache, Fingerprint, digest_memo
-from nerfcache.characters import (
-    find_test_image,
-    resolve_audio,
-    resolve_model,
-    validate_character,
-)
+from nerfcache.characters import find_test_image, resolve_audio, resolve_model
 from nerfcache.config import Settings, get_settings
 from nerfcache.delivery import VIDEO_NAME, check_output_dir, deliver
 from nerfcache.errors import (
@@ -95,7 +90,7 @@ class GenerationResult:
 class _Inputs:
     """What a run for one character needs, checked and hashed."""
 
-    character: str
+    cache: CharacterCache
     script: Path
     cache_capable: bool
     image: Path
@@ -103,6 +98,11 @@ class _Inputs:
     fingerprint: Fingerprint
     versions: tuple[tuple[int, int], tuple[int, int]]
     """(size, mtime) of the portrait and the network when they were hashed."""
+
+    @property
+    def character(self) -> str:
+        """The character's name."""
+        return self.cache.character
 
     def changed(self, portrait: Path, *, during_run: bool = False) -> str | None:
         """Which input is not the version that was hashed, or None.
@@ -138,15 +138,26 @@ def _check_inputs(
 ) -> _Inputs:
     """Check the installation, the character, its portrait and the model, then hash them.
 
-    Hashing writes the hash memo: every check of the caller's own comes first.
+    The character's name is checked once, by ``CharacterCache``, whose folder the rest of the
+    run uses. Hashing writes the hash memo: every check of the caller's own comes first.
     """
     script, cache_capable = find_script(settings)
-    validate_character(character)
-    image = find_test_image(settings, character, test_image)
+    cache = CharacterCache(settings, character)
+    image = find_test_image(settings, character, test_image, folder=cache.path)
     network = resolve_model(settings, model_name)
     versions = (_version(image), _version(network))
     fingerprint = Fingerprint.of(image, network, settings.trunc, memo=digest_memo(settings))
-    return _Inputs(character, script, cache_capable, image, network, fingerprint, versions)
+    return _Inputs(cache, script, cache_capable, image, network, fingerprint, versions)
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        # NaN compares false with everything: unchecked, it would mean no limit at all.
+        raise InvalidInputError(
+            f"timeout must be a positive number of seconds (or None: no limit), not {timeout!r}",
+            field="timeout",
+            value=timeout,
+        )
 
 
 def generate_video(
@@ -198,17 +209,37 @@ def generate_video(
             value=on_progress,
         )
     settings = settings or get_settings()
-    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
-        # NaN compares false with everything: unchecked, it would mean no limit at all.
-        raise InvalidInputError(
-            f"timeout must be a positive number of seconds (or None: no limit), not {timeout!r}",
-            field="timeout",
-            value=timeout,
-        )
+    _check_timeout(timeout)
     audio = resolve_audio(audio_path)
     output_dir = check_output_dir(output_path, settings)
     inputs = _check_inputs(settings, character, model_name, test_image)
-    timeout = timeout if timeout is not None else settings.timeout_s
+    return _generate(
+        settings,
+        inputs,
+        audio=audio,
+        output_dir=output_dir,
+        timeout=timeout if timeout is not None else settings.timeout_s,
+        check=check,
+        cancel=cancel,
+        on_line=on_line,
+        on_progress=on_progress,
+    )
+
+
+def _generate(
+    settings: Settings,
+    inputs: _Inputs,
+    *,
+    audio: Path,
+    output_dir: Path,
+    timeout: float | None,
+    check: bool,
+    cancel: threading.Event | None = None,
+    on_line: Callable[[str], object] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> GenerationResult:
+    """Run the checked ``inputs``; raise on timeout, cancel (and with ``check``, on failure)."""
+    character = inputs.character
     tracker = ProgressTracker(on_progress or (lambda _event: None))
     try:
         result, outcome = _run(
@@ -250,7 +281,7 @@ def _run(
     cancel: threading.Event | None,
     on_line: Callable[[str], object] | None,
 ) -> tuple[GenerationResult, RunOutcome]:
-    cache = CharacterCache(settings, inputs.character)
+    cache = inputs.cache
     started = time.perf_counter()
     image, network = inputs.image, inputs.network
 
@@ -378,20 +409,18 @@ def warm(
 
     """
     settings = settings or get_settings()
+    _check_timeout(timeout)
     inputs = _check_inputs(settings, character, model_name, test_image)
-    status = CharacterCache(settings, character).status(inputs.fingerprint)
+    status = inputs.cache.status(inputs.fingerprint)
     if status is CacheStatus.WARM:
         return status
     with tempfile.TemporaryDirectory(prefix="nerfcache-warm-") as tmp:
-        audio = write_wav(Path(tmp) / "silence.wav", seconds=0.5)
-        generate_video(
-            audio,
-            character,
-            Path(tmp) / "out",
-            model_name,
-            settings=settings,
-            test_image=test_image,
-            timeout=timeout,
+        _generate(
+            settings,
+            inputs,
+            audio=write_wav(Path(tmp) / "silence.wav", seconds=0.5),
+            output_dir=Path(tmp) / "out",
+            timeout=timeout if timeout is not None else settings.timeout_s,
             check=True,
         )
     return status
