@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import zipfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,32 @@ def test_a_file_rewritten_through_its_link_quarantines_the_cache(cache: Characte
         cache.publish(staging, image=Path("i"), network=Path("n"))
     assert cache.status(FP) is CacheStatus.COLD  # rebuilt by the next run, never trusted
     assert any((cache.meta / "quarantine").rglob("w_PTI.pt"))
+
+
+# -- recording use --
+
+
+def test_runs_record_their_use_at_most_once_a_minute(cache: CharacterCache) -> None:
+    build(cache)
+    manifest = cache.manifest()
+    assert manifest is not None
+    long_ago = datetime.now(timezone.utc) - timedelta(days=3)
+    cache.manifest_path.write_text(
+        manifest.model_copy(update={"last_used_at": long_ago}).model_dump_json()
+    )
+    with cache.stage(FP, image=Path("i"), network=Path("n")):
+        pass
+    used = cache.manifest()
+    assert used is not None
+    assert used.last_used_at > long_ago + timedelta(days=2)  # prune sees the use
+    written = cache.manifest_path.stat()
+    # The runs of the next minute leave the manifest as it is: no rewrite and fsync each.
+    for _ in range(3):
+        with cache.stage(FP, image=Path("i"), network=Path("n")):
+            pass
+    again = cache.manifest_path.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    assert cache.manifest() == used
 
 
 # -- clear --

@@ -14,6 +14,7 @@ import dataclasses
 import shutil
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,7 +47,11 @@ from nerfcache.cache.staging import RUNS_DIR, Staging, live_runs, new_run_id, re
 from nerfcache.characters import resolve_model
 from nerfcache.errors import InvalidInputError, MissingFileError
 
-__all__ = ["CharacterCache", "Snapshot"]
+__all__ = ["USE_RESOLUTION", "CharacterCache", "Snapshot"]
+
+USE_RESOLUTION = timedelta(minutes=1)
+"""How stale a cache's ``last_used_at`` may be: runs within it of the last one do not rewrite
+the manifest."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +92,7 @@ class CharacterCache(CacheFolder):
                 if manifest is not None:
                     for name in manifest.files:
                         staging.seed(self.path / name)
-                    self._write_manifest(manifest.model_copy(update={"last_used_at": timestamp()}))
+                    self._record_use(manifest)
             except BaseException:
                 staging.discard()
                 raise
@@ -147,23 +152,39 @@ class CharacterCache(CacheFolder):
     def _prepare(
         self, fingerprint: Fingerprint, status: CacheStatus, *, image: Path, network: Path
     ) -> CacheStatus:
-        if status is CacheStatus.STALE:
-            self._set_aside(prune=False)  # after the restore: the one wanted may be the oldest
-        elif status is CacheStatus.PARTIAL:
-            self._quarantine("partial")
-        elif status is CacheStatus.LEGACY:
-            self._log.warning(
-                "adopting a cache made by the original launcher in {}: it cannot be checked"
-                " against the image it was built from; clear it if the portrait changed",
-                self.path,
-            )
-            files = {name: _fs.size(self.path / name) or 0 for name in CACHE_FILES}
-            self._write_manifest(self._new_manifest(fingerprint, files, image, network))
-        if self.status(fingerprint) is CacheStatus.COLD:
-            self._restore(fingerprint)
+        # Warm and pti-only caches are in line with the fingerprint already: nothing to change.
+        if status not in (CacheStatus.WARM, CacheStatus.PTI_ONLY):
+            if status is CacheStatus.STALE:
+                self._set_aside(prune=False)  # after the restore: the one wanted may be oldest
+            elif status is CacheStatus.PARTIAL:
+                self._quarantine("partial")
+            elif status is CacheStatus.LEGACY:
+                self._log.warning(
+                    "adopting a cache made by the original launcher in {}: it cannot be checked"
+                    " against the image it was built from; clear it if the portrait changed",
+                    self.path,
+                )
+                files = {name: _fs.size(self.path / name) or 0 for name in CACHE_FILES}
+                self._write_manifest(self._new_manifest(fingerprint, files, image, network))
+            if self.status(fingerprint) is CacheStatus.COLD:
+                self._restore(fingerprint)
+            status = self.status(fingerprint)
         if (self.meta / "generations").is_dir():
             _fs.keep_newest(self.meta / "generations", self.keep_generations)
-        return self.status(fingerprint)
+        return status
+
+    def _record_use(self, manifest: Manifest) -> None:
+        """Record in the manifest that a run uses this cache, at most once a ``USE_RESOLUTION``.
+
+        ``last_used_at`` orders ``prune`` (least recently used first) and ``--older-than``,
+        whose unit is days: rewriting the manifest, with its fsync, on every warm run would
+        cost more than the rest of the launcher's work together for nothing those need.
+        """
+        now, last = timestamp(), manifest.last_used_at
+        # A time without a zone (a hand-edited manifest) or in the future is rewritten.
+        if last.tzinfo is not None and timedelta(0) <= now - last < USE_RESOLUTION:
+            return
+        self._write_manifest(manifest.model_copy(update={"last_used_at": now}))
 
     def publish(self, staging: Staging, *, image: Path, network: Path) -> tuple[str, ...]:
         """Publish what ``staging`` built that checks out; return the names published.
@@ -172,6 +193,11 @@ class CharacterCache(CacheFolder):
         with the PTI group it was fitted on. The manifest is written last, through a pending
         manifest, so a crash at any point leaves a cache that is either complete or recoverable.
         """
+        if not any(staging.changed(name) for name in CACHE_FILES):
+            # A warm run's usual end: it wrote no cache file (none to publish) and none through
+            # its links (nothing to quarantine). Whatever else a check-out would fix, the next
+            # one does: no lock, no manifest read.
+            return ()
         fingerprint = staging.fingerprint
         with self.state_lock():
             self._recover()
