@@ -23,7 +23,7 @@ def _by_name(checks: list[Check]) -> dict[str, Check]:
 
 
 def test_a_sound_project_has_no_error(project: FakeProject) -> None:
-    checks = diagnose(project.settings)
+    checks = diagnose(settings=project.settings)
     assert [c for c in checks if c.level == "error"] == []
     found = _by_name(checks)
     assert found["cache_script"].message.endswith("accepts --cache_dir")
@@ -55,7 +55,7 @@ def test_a_missing_part_is_an_error_naming_its_setting(
     project: FakeProject, breaking: Callable[[FakeProject], None], settings: list[str]
 ) -> None:
     breaking(project)
-    errors = [c for c in diagnose(project.settings) if c.level == "error"]
+    errors = [c for c in diagnose(settings=project.settings) if c.level == "error"]
     assert [c.setting for c in errors] == settings
     for check in errors:
         assert check.name == check.setting
@@ -67,7 +67,7 @@ def test_a_conda_python_that_hangs_is_given_up_on(project: FakeProject) -> None:
     python.write_text("#!/bin/sh\nexec sleep 30\n")  # exec: the probe's kill reaches the sleep
     python.chmod(0o755)
     settings = project.settings.model_copy(update={"conda_python": python})
-    found = _by_name(diagnose(settings, timeout=0.2))
+    found = _by_name(diagnose(settings=settings, timeout=0.2))
     assert found["conda_python"].level == "error"
     assert "no answer within 0.2 s" in found["conda_python"].message
     assert found["cache_script"].level == "warning"  # not probed once the Python fails
@@ -89,13 +89,13 @@ def test_doctor_says_which_stock_script_it_found(
 ) -> None:
     script = project.settings.script
     script.write_text(script.read_text() + line)
-    message = _by_name(diagnose(project.settings))["script"].message
+    message = _by_name(diagnose(settings=project.settings))["script"].message
     assert said in message
     assert message.startswith(f"the stock script {script} (")
 
 
 def test_a_folder_that_is_no_project_is_said_first(tmp_path: Path) -> None:
-    checks = diagnose(Settings(project_root=tmp_path), timeout=5)
+    checks = diagnose(settings=Settings(project_root=tmp_path), timeout=5)
     first_error = next(c for c in checks if c.level == "error")
     assert first_error.name == "project_root"
     assert "does not look like a NeRFFaceSpeech project" in first_error.message

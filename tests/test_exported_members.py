@@ -45,6 +45,40 @@ def test_every_module_declares_all(module: str) -> None:
         assert hasattr(mod, name), f"nerfcache.{module}.__all__ names missing {name}"
 
 
+def test_every_public_name_resolves_and_launch_plan_is_not_one() -> None:
+    for name in nerfcache.__all__:
+        value = getattr(nerfcache, name)
+        assert getattr(value, "__name__", name) == name
+    assert "LaunchPlan" not in nerfcache.__all__
+    with pytest.raises(AttributeError, match="LaunchPlan"):
+        nerfcache.LaunchPlan  # noqa: B018
+    from nerfcache.characters import find_test_image, resolve_model, validate_character
+
+    assert (nerfcache.find_test_image, nerfcache.resolve_model, nerfcache.validate_character) == (
+        find_test_image,
+        resolve_model,
+        validate_character,
+    )
+
+
+def test_importing_loads_what_is_used_when_it_is_used(tmp_path) -> None:
+    # `import nerfcache` costs about what loguru does; pydantic and the run machinery come with
+    # the first name that needs them.
+    code = (
+        "import sys\n"
+        "import nerfcache\n"
+        "ours = ('nerfcache.', 'pydantic')\n"
+        "mine = lambda: sorted(m for m in sys.modules if m.startswith(ours))\n"
+        "assert mine() == [], mine()\n"
+        "nerfcache.NerfCacheError\n"
+        "assert mine() == ['nerfcache.errors'], mine()\n"
+        "from nerfcache import generate_video\n"
+        "assert 'nerfcache.generate' in mine() and 'pydantic' in mine(), mine()\n"
+        "assert nerfcache.cache.CACHE_FILES, 'submodules are attributes, as before'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+
+
 def test_importing_adds_no_log_sink_and_creates_nothing(tmp_path) -> None:
     code = (
         "from loguru import logger\n"
@@ -60,7 +94,7 @@ def test_library_logging_is_silent_until_enabled(tmp_path) -> None:
     code = (
         "import os, pathlib\n"
         "from loguru import logger\n"
-        "from nerfcache import LaunchPlan\n"
+        "from nerfcache.launch import LaunchPlan\n"
         "from nerfcache.run import run_plan\n"
         "plan = LaunchPlan(argv=('true',), cwd=pathlib.Path('.'), env=dict(os.environ),\n"
         "                  script=pathlib.Path('true'), cache_capable=False)\n"

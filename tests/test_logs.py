@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 from loguru import logger
 
-from nerfcache import LaunchPlan, log_to_stdlib, stop_log_to_stdlib
+from nerfcache import log_to_stdlib, stop_log_to_stdlib
+from nerfcache.launch import LaunchPlan
 from nerfcache.run import run_plan
 
 if TYPE_CHECKING:
@@ -149,9 +150,10 @@ def test_importing_adds_no_sink_and_the_one_liner_adds_one(tmp_path: Path) -> No
         "logger.remove()  # loguru's own stderr sink: the app only wants stdlib logging\n"
         "nerfcache.log_to_stdlib()\n"
         "assert len(logger._core.handlers) == 1\n"
+        "from nerfcache.launch import LaunchPlan\n"
         "from nerfcache.run import run_plan\n"
         "import os, pathlib\n"
-        "plan = nerfcache.LaunchPlan(argv=('echo', 'hi'), cwd=pathlib.Path('.'),\n"
+        "plan = LaunchPlan(argv=('echo', 'hi'), cwd=pathlib.Path('.'),\n"
         "    env=dict(os.environ), script=pathlib.Path('echo'), cache_capable=False)\n"
         "run_plan(plan)\n"
     )

@@ -1,6 +1,6 @@
 """Check an installation: every configured path, the conda Python, the scripts, models, disk.
 
-``diagnose(settings)`` returns one ``Check`` per thing it looked at; each problem names the
+``diagnose(settings=...)`` returns one ``Check`` per thing it looked at; each problem names the
 setting to change. ``nerfcache doctor`` prints them.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from nerfcache.cache import FindingLevel
-from nerfcache.config import CODE_DIR_NAME, Settings
+from nerfcache.config import CODE_DIR_NAME, Settings, get_settings
 from nerfcache.launch import plan_launch
 
 __all__ = [
@@ -45,13 +45,19 @@ class Check:
     """The setting that decides this check, or None."""
 
 
-def diagnose(settings: Settings, *, timeout: float = PROBE_TIMEOUT_S) -> list[Check]:
+def diagnose(*, settings: Settings | None = None, timeout: float = PROBE_TIMEOUT_S) -> list[Check]:
     """Check the installation that ``settings`` describe; a level ``"error"`` means runs fail.
 
     Nothing is changed: the conda Python is run twice (for its version, then the cache-capable
     script with ``--help``, to see that it accepts ``--cache_dir``), each for at most
     ``timeout`` seconds, and a temporary file is created and removed in ``cache_root``.
+
+    Args:
+        settings: the installation to check; defaults to ``get_settings()``.
+        timeout: seconds each run of the conda Python may take.
+
     """
+    settings = settings or get_settings()
     checks: list[Check] = []
 
     def check(name: str, level: FindingLevel, message: str, setting: str | None = None) -> None:
