@@ -109,7 +109,7 @@ def create_app(
 
     @app.get("/characters")
     def characters() -> list[dict[str, Any]]:  # a plain def: FastAPI runs it in a thread
-        listed = {info.character: info.status.value for info in list_caches(settings)}
+        listed = {info.character: info.status.value for info in list_caches(settings=settings)}
         names = sorted(set(listed) | set(settings.characters))
         return [
             {"name": n, "status": listed.get(n, "cold"), "portrait": _has_portrait(settings, n)}

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO
+
 import pytest
 from filelock import FileLock
 
@@ -7,10 +12,12 @@ from nerfcache import (
     CacheStatus,
     CharacterCache,
     InvalidInputError,
+    generate_video,
 )
 from nerfcache.cache import (
     CACHE_FILES,
     PTI_FILES,
+    digests,
 )
 from nerfcache.testing import FakeProject, write_png
 from tests.cache.helpers import (
@@ -197,3 +204,44 @@ def test_verify_cannot_check_a_network_that_is_gone(nerf_project: FakeProject) -
     (network,) = (f for f in result.findings if f.subject == "network")
     assert network.level == "warning"
     assert "not checked" in network.message
+
+
+def test_a_warm_run_goes_through_while_verify_hashes(
+    nerf_project: FakeProject, monkeypatch
+) -> None:
+    project, settings = nerf_project, nerf_project.settings
+
+    def run(out: str):
+        return generate_video(
+            project.audio,
+            project.character,
+            project.root / out,
+            project.model_name,
+            settings=settings,
+        )
+
+    assert run("cold")
+    # The network under another name: a file verify has never hashed, so it must read it.
+    shutil.copyfile(settings.model_dir / project.model_name, settings.model_dir / "copy.pkl")
+    hashing, warm_run_done = threading.Event(), threading.Event()
+    sha256_of = digests.sha256_of
+
+    def held_until_the_warm_run_is_done(file: IO[bytes], **kwargs) -> str:
+        hashing.set()
+        if not warm_run_done.wait(30):  # the warm run waits for this verify: neither moves
+            raise AssertionError("no warm run went through while verify was hashing")
+        return sha256_of(file, **kwargs)
+
+    monkeypatch.setattr(digests, "sha256_of", held_until_the_warm_run_is_done)
+    cache = CharacterCache(settings, project.character)
+    with ThreadPoolExecutor(1) as pool:
+        verifying = pool.submit(cache.verify, model_name="copy.pkl", fix=True)
+        assert hashing.wait(30)
+        warm = run("warm")
+        warm_run_done.set()
+        verified = verifying.result()
+
+    assert warm.cache_hit
+    assert verified.ok
+    assert verified.action is None
+    assert ("network", "ok") in {(f.subject, f.level) for f in verified.findings}

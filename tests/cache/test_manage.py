@@ -40,7 +40,7 @@ NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 
 def test_list_caches_of_a_missing_cache_root(tmp_path: Path) -> None:
 
-    assert list_caches(Settings(project_root=tmp_path)) == []
+    assert list_caches(settings=Settings(project_root=tmp_path)) == []
 
 
 def test_list_caches_reports_every_state(nerf_project: FakeProject) -> None:
@@ -58,7 +58,7 @@ def test_list_caches_reports_every_state(nerf_project: FakeProject) -> None:
     (settings.cache_root / "notes.txt").write_text("not a character")
     (settings.cache_root / ".nerfcache").mkdir(exist_ok=True)
 
-    caches = {info.character: info for info in list_caches(settings)}
+    caches = {info.character: info for info in list_caches(settings=settings)}
 
     assert list(caches) == sorted(caches)
     assert {name: info.status for name, info in caches.items()} == {
@@ -88,22 +88,22 @@ def test_list_caches_reports_every_state(nerf_project: FakeProject) -> None:
 def test_list_caches_notices_a_changed_trunc(nerf_project: FakeProject) -> None:
     publish(nerf_project, "rei")
     settings = nerf_project.settings.model_copy(update={"trunc": 0.5})
-    (info,) = (i for i in list_caches(settings) if i.character == "rei")
+    (info,) = (i for i in list_caches(settings=settings) if i.character == "rei")
     assert info.status is CacheStatus.STALE
 
 
 def test_list_caches_reads_no_cache_file(nerf_project: FakeProject) -> None:
     for name in ("a", "b", "c"):
         publish(nerf_project, name)
-    list_caches(nerf_project.settings)  # a first listing remembers the portraits' hashes
+    list_caches(settings=nerf_project.settings)  # a first listing remembers the portraits' hashes
     code = (
         "from nerfcache import Settings, list_caches\n"
-        "caches = list_caches(Settings(project_root=sys.argv[1]))\n"
+        "caches = list_caches(settings=Settings(project_root=sys.argv[1]))\n"
         "statuses = {info.character: info.status for info in caches}\n"
         "assert statuses == {'a': 'warm', 'ayanami': 'cold', 'b': 'warm', 'c': 'warm'}, statuses\n"
     )
     opened = files_opened(code, str(nerf_project.root))
-    assert nerf_project.settings.state_dir / "digests.json" in opened
+    assert nerf_project.settings.state_dir / "digests.jsonl" in opened
     assert [path for path in opened if path.suffix in (".pt", ".png")] == []  # no hash, no unzip
 
 
@@ -112,7 +112,7 @@ def test_listing_creates_nothing(nerf_project: FakeProject) -> None:
     for name in CACHE_FILES:
         write_pt(legacy / name)
     before = sorted(nerf_project.root.rglob("*"))
-    list_caches(nerf_project.settings)
+    list_caches(settings=nerf_project.settings)
     assert sorted(nerf_project.root.rglob("*")) == before
 
 
@@ -183,15 +183,17 @@ def test_prune_dry_run_then_for_real(nerf_project: FakeProject) -> None:
         publish(nerf_project, name, last_used=NOW - timedelta(days=days))
     before = {name: user_files(nerf_project.character_dir(name)) for name in "abc"}
 
-    plan = prune(nerf_project.settings, keep=1, dry_run=True, now=NOW)
+    plan = prune(settings=nerf_project.settings, keep=1, dry_run=True, now=NOW)
     assert [i.character for i in plan.removed] == ["a", "b"]
-    assert {i.character: i.status for i in list_caches(nerf_project.settings)}["a"] == "warm"
+    assert {i.character: i.status for i in list_caches(settings=nerf_project.settings)}[
+        "a"
+    ] == "warm"
 
-    done = prune(nerf_project.settings, keep=1, now=NOW)
+    done = prune(settings=nerf_project.settings, keep=1, now=NOW)
     assert not done.dry_run
     assert [i.character for i in done.removed] == ["a", "b"]
     assert done.freed_bytes == plan.freed_bytes
-    statuses = {i.character: i.status for i in list_caches(nerf_project.settings)}
+    statuses = {i.character: i.status for i in list_caches(settings=nerf_project.settings)}
     assert statuses == {"a": "cold", "ayanami": "cold", "b": "cold", "c": "warm"}
     assert {name: user_files(nerf_project.character_dir(name)) for name in "abc"} == before
 
@@ -200,7 +202,7 @@ def test_prune_never_touches_a_locked_cache(nerf_project: FakeProject) -> None:
     busy = publish(nerf_project, "busy", last_used=NOW - timedelta(days=90))
     publish(nerf_project, "idle", last_used=NOW - timedelta(days=60))
     with FileLock(busy.meta / "runs" / "20240101-1-abc.lock"):
-        done = prune(nerf_project.settings, older_than=timedelta(days=30), now=NOW)
+        done = prune(settings=nerf_project.settings, older_than=timedelta(days=30), now=NOW)
     assert [i.character for i in done.skipped] == ["busy"]
     assert [i.character for i in done.removed] == ["idle"]
     assert busy.status() is CacheStatus.WARM
@@ -213,14 +215,14 @@ def test_prune_skips_a_cache_that_became_busy_after_the_listing(
     build = FileLock(cache.meta / "build.lock")
     real = nerfcache.cache.manage.list_caches
 
-    def listing_then_a_build_starts(settings):
-        caches = real(settings)
+    def listing_then_a_build_starts(*, settings):
+        caches = real(settings=settings)
         build.acquire()
         return caches
 
     monkeypatch.setattr(nerfcache.cache.manage, "list_caches", listing_then_a_build_starts)
     try:
-        done = prune(nerf_project.settings, keep=0)
+        done = prune(settings=nerf_project.settings, keep=0)
     finally:
         build.release()
     assert [i.character for i in done.skipped] == ["rei"]
@@ -239,7 +241,7 @@ def test_prune_says_why_it_cannot_clear_a_cache_that_is_not_in_use(
     assert not cache.in_use()
     # Not "in use: kept": the refusal names the link, which is what the user has to fix.
     with pytest.raises(NerfCacheError, match="quarantine is a symbolic link") as raised:
-        prune(nerf_project.settings, keep=0)
+        prune(settings=nerf_project.settings, keep=0)
     assert not isinstance(raised.value, CacheBusyError)
     assert cache.status() is CacheStatus.WARM
     assert [p.name for p in outside.iterdir()] == ["20240101T000000-partial"]
@@ -251,4 +253,4 @@ def test_prune_says_why_it_cannot_clear_a_cache_that_is_not_in_use(
 )
 def test_prune_needs_a_valid_criterion(nerf_project: FakeProject, criteria) -> None:
     with pytest.raises(InvalidInputError):
-        prune(nerf_project.settings, **criteria)
+        prune(settings=nerf_project.settings, **criteria)

@@ -21,7 +21,7 @@ from filelock import FileLock, Timeout
 from loguru import logger
 
 from nerfcache import _fs
-from nerfcache._locks import try_acquire
+from nerfcache._locks import try_acquire, wait_released
 from nerfcache.cache.layout import (
     CACHE_FILES,
     META_DIR,
@@ -29,7 +29,8 @@ from nerfcache.cache.layout import (
     CacheStatus,
     Fingerprint,
     Manifest,
-    is_complete_zip,
+    cache_files,
+    cache_status,
     read_manifest,
     timestamp,
 )
@@ -68,29 +69,7 @@ class CacheFolder:
 
         Costs a few ``stat`` calls (and a zip check of files without a manifest).
         """
-        manifest = self.manifest()
-        present = {name for name in CACHE_FILES if (self.path / name).is_file()}
-        if manifest is None:
-            return self._status_without_manifest(present)
-        if (
-            present != set(manifest.files)
-            or not manifest.has_pti
-            or any(_fs.size(self.path / name) != size for name, size in manifest.files.items())
-        ):
-            return CacheStatus.PARTIAL
-        if fingerprint is not None and manifest.fingerprint != fingerprint:
-            return CacheStatus.STALE
-        return CacheStatus.WARM if manifest.has_fit else CacheStatus.PTI_ONLY
-
-    def _status_without_manifest(self, present: set[str]) -> CacheStatus:
-        if self.manifest_path.exists():  # unreadable: ours, but damaged
-            return CacheStatus.PARTIAL
-        if not present:
-            return CacheStatus.COLD
-        complete = present == set(CACHE_FILES)
-        if complete and all(is_complete_zip(self.path / n) for n in CACHE_FILES):
-            return CacheStatus.LEGACY
-        return CacheStatus.PARTIAL
+        return cache_status(self.path, self.manifest(), cache_files(self.path), fingerprint)
 
     # - locks -
 
@@ -267,7 +246,15 @@ class _Lock(FileLock):
 
     def acquire(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().acquire(*args, **kwargs)
+            if args or kwargs or self.is_locked:
+                return super().acquire(*args, **kwargs)
+            # A plain wait (``with``): the state lock is held for milliseconds, so wait in the
+            # kernel for the holder to let go rather than look again every 50 ms (filelock's
+            # own wait, where the kernel's cannot be had); if another waiter is first, again.
+            while True:
+                with contextlib.suppress(Timeout):
+                    waited = wait_released(Path(self.lock_file))
+                    return super().acquire(timeout=0 if waited else -1)
         except Timeout:
             raise
         except OSError as error:

@@ -1,6 +1,8 @@
 """Looking at one cache without changing it: what it holds (``info``), whether it checks out.
 
-``CharacterCache.info`` and ``CharacterCache.verify`` (which also fixes what fails) call these.
+``CharacterCache.info``, ``list_caches`` and ``CharacterCache.verify`` (which also fixes what
+fails) call these. None takes a lock: reading cache files and hashing take seconds, and warm runs
+of the character must not wait for them.
 """
 
 from __future__ import annotations
@@ -14,18 +16,22 @@ from typing import TYPE_CHECKING, Literal
 
 from nerfcache import _fs
 from nerfcache._locks import held
-from nerfcache.cache.digests import Digests, digest_memo, file_sha256
+from nerfcache.cache.digests import digest_memo, file_sha256
 from nerfcache.cache.layout import (
     CACHE_FILES,
+    META_DIR,
     PENDING_MANIFEST,
     CacheStatus,
     Fingerprint,
     Manifest,
-    footprint,
+    cache_status,
+    inventory,
+    read_manifest,
     zip_problem,
 )
 from nerfcache.cache.staging import RUNS_DIR, live_runs
 from nerfcache.characters import find_test_image
+from nerfcache.config import Settings
 from nerfcache.errors import NerfCacheError
 
 if TYPE_CHECKING:
@@ -33,12 +39,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CacheInfo",
+    "Examination",
     "Finding",
     "FindingLevel",
     "Verification",
     "check_files",
     "check_fingerprint",
     "describe",
+    "examine",
 ]
 
 FindingLevel = Literal["ok", "warning", "error"]
@@ -102,43 +110,116 @@ class Verification:
         return all(finding.level != "error" for finding in self.findings)
 
 
-def describe(cache: CharacterCache, digests: Digests) -> CacheInfo:
-    """Describe ``cache`` as ``list_caches`` does (stat calls; no cache file is read)."""
-    manifest = cache.manifest()
-    status = cache.status()
+def describe(settings: Settings, character: str, path: Path) -> CacheInfo:
+    """Describe the cache of ``character`` in ``path`` as ``list_caches`` does.
+
+    Stat calls, the manifest and the hash memo: no cache file is read, and a portrait is hashed
+    only if the memo does not have it.
+    """
+    meta = path / META_DIR
+    manifest = read_manifest(meta / "manifest.json")
+    stock = inventory(path)
+    status = cache_status(path, manifest, stock.files)
     usable = status in (CacheStatus.WARM, CacheStatus.PTI_ONLY)
-    if usable and manifest is not None and _outdated(cache, manifest, digests):
+    if usable and manifest is not None and _outdated(settings, character, path, manifest):
         status = CacheStatus.STALE
-    files = {n: s for n in CACHE_FILES if (s := _fs.size(cache.path / n)) is not None}
-    last_used = manifest.last_used_at if manifest else _newest_mtime(cache.path, files)
     return CacheInfo(
-        character=cache.character,
-        path=cache.path,
+        character=character,
+        path=path,
         status=status,
-        files=files,
-        size_bytes=sum(files.values()),
-        total_bytes=footprint(cache.path),
+        files=stock.files,
+        size_bytes=sum(stock.files.values()),
+        total_bytes=stock.total_bytes,
         built_at=manifest.built_at if manifest else None,
-        last_used_at=last_used,
+        last_used_at=manifest.last_used_at if manifest else _newest_mtime(path, stock.files),
         fingerprint=manifest.fingerprint if manifest else None,
         image=manifest.image if manifest else None,
         network=manifest.network if manifest else None,
-        generations=_subdirs(cache.meta / "generations"),
-        quarantined=len(_subdirs(cache.meta / "quarantine")),
-        live_runs=live_runs(cache.meta / RUNS_DIR),
-        building=held(cache.meta / "build.lock"),
+        # Each look below costs nothing where the inventory found nothing to look at.
+        generations=_subdirs(meta / "generations") if "generations" in stock.meta else (),
+        quarantined=len(_subdirs(meta / "quarantine")) if "quarantine" in stock.meta else 0,
+        live_runs=live_runs(meta / RUNS_DIR) if RUNS_DIR in stock.meta else 0,
+        building="build.lock" in stock.meta and held(meta / "build.lock"),
     )
 
 
-def _outdated(cache: CharacterCache, manifest: Manifest, digests: Digests) -> bool:
+def _outdated(settings: Settings, character: str, path: Path, manifest: Manifest) -> bool:
     """Whether the portrait or trunc changed since the build (the network is per call)."""
-    if manifest.fingerprint.trunc != cache.settings.trunc:
+    if manifest.fingerprint.trunc != settings.trunc:
         return True
     try:
-        image = find_test_image(cache.settings, cache.character)
-        return digests.of(image) != manifest.fingerprint.image_sha256
+        image = find_test_image(settings, character, folder=path)
+        digest = file_sha256(image, memo=digest_memo(settings))
     except (NerfCacheError, OSError):
         return False  # no portrait to compare with: the next run will say
+    return digest != manifest.fingerprint.image_sha256
+
+
+@dataclasses.dataclass(frozen=True)
+class Examination:
+    """What ``examine`` found, and the versions of what it read.
+
+    ``CharacterCache.verify`` fixes a cache on its examination only while ``current``: under the
+    state lock, it sees that nothing it read has changed since.
+    """
+
+    verification: Verification
+    cache: CharacterCache
+    network: Path | None
+    read: tuple[object, ...]
+
+    def current(self) -> bool:
+        """Whether the files examined are still the versions read (a few ``stat`` calls)."""
+        return _versions(self.cache, self.network) == self.read
+
+
+def examine(cache: CharacterCache, network: Path | None) -> Examination:
+    """Run ``verify``'s checks: read every cache file, hash the portrait and ``network``.
+
+    No lock is taken, so runs of the character go on meanwhile; the versions of what is read
+    are taken first, so that any change during the reading shows in ``Examination.current``.
+    """
+    read = _versions(cache, network)
+    manifest = cache.manifest()
+    files = check_files(cache, manifest)
+    fit = check_fingerprint(cache, manifest, network) if manifest is not None else []
+    status = cache.status()
+    if any(f.level == "error" for f in files):
+        status = CacheStatus.PARTIAL
+    elif any(f.level == "error" for f in fit):
+        status = CacheStatus.STALE
+    verification = Verification(cache.character, status, (*files, *fit), None)
+    return Examination(verification, cache, network, read)
+
+
+def _versions(cache: CharacterCache, network: Path | None) -> tuple[object, ...]:
+    """What ``examine`` reads, by version.
+
+    What the manifest says (but when the cache was last used, which every run may change),
+    and the identity of the pending manifest, the portrait, the network and each cache file.
+    """
+    manifest = cache.manifest()
+    if manifest is None:
+        said: object = _version(cache.manifest_path)  # none, or an unreadable one
+    else:
+        said = manifest.model_dump(exclude={"last_used_at"})
+        if network is None and Path(manifest.network).is_file():
+            network = Path(manifest.network)
+    try:
+        image: Path | None = find_test_image(cache.settings, cache.character, folder=cache.path)
+    except NerfCacheError:
+        image = None
+    paths = [cache.meta / PENDING_MANIFEST, image, network]
+    paths += [cache.path / name for name in CACHE_FILES]
+    return (said, *(_version(path) if path is not None else None for path in paths))
+
+
+def _version(path: Path) -> tuple[str, int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 def check_files(cache: CharacterCache, manifest: Manifest | None) -> list[Finding]:

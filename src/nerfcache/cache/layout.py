@@ -10,14 +10,15 @@ import enum
 import hashlib
 import json
 import os
+import stat
 import zipfile
 import zlib
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from nerfcache import _fs
 from nerfcache.cache.digests import file_sha256
 from nerfcache.characters import is_byproduct
 
@@ -30,9 +31,13 @@ __all__ = [
     "PTI_FILES",
     "CacheStatus",
     "Fingerprint",
+    "Inventory",
     "Manifest",
     "byproducts",
+    "cache_files",
+    "cache_status",
     "footprint",
+    "inventory",
     "is_complete_zip",
     "read_manifest",
     "timestamp",
@@ -46,6 +51,7 @@ CACHE_FILES = PTI_FILES + FIT_FILES
 META_DIR = ".nerfcache"
 PENDING_MANIFEST = "manifest.pending.json"
 """In ``META_DIR`` while a publish moves files in; renamed to ``manifest.json`` at its end."""
+_MANIFEST_READ = 1 << 16
 
 
 class CacheStatus(str, enum.Enum):
@@ -115,11 +121,61 @@ class Manifest(BaseModel):
 
 def read_manifest(path: Path) -> Manifest | None:
     """The manifest in ``path``, or None if there is none or it is unreadable."""
-    data = _fs.read_json(path)
     try:
-        return Manifest.model_validate(data) if data is not None else None
-    except ValidationError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # three calls: a listing reads thousands
+        try:
+            data = os.read(fd, _MANIFEST_READ)
+            while len(data) % _MANIFEST_READ == 0 and (more := os.read(fd, _MANIFEST_READ)):
+                data += more  # a short read of a file is its end; a manifest takes one
+        finally:
+            os.close(fd)
+        return Manifest.model_validate_json(data)
+    except (OSError, ValidationError):
         return None
+
+
+def cache_files(folder: Path) -> dict[str, int]:
+    """The cache files in ``folder`` (regular files, links followed): name -> size in bytes."""
+    files = {}
+    for name in CACHE_FILES:
+        try:
+            found = (folder / name).stat()
+        except OSError:
+            continue
+        if stat.S_ISREG(found.st_mode):
+            files[name] = found.st_size
+    return files
+
+
+def cache_status(
+    folder: Path,
+    manifest: Manifest | None,
+    files: Mapping[str, int],
+    fingerprint: Fingerprint | None = None,
+) -> CacheStatus:
+    """Classify the cache in ``folder`` from its manifest and its ``cache_files``.
+
+    With ``fingerprint``, a cache for another one is stale. No file is read but, without a
+    manifest, the zip directories of a complete set of cache files (a legacy cache).
+    """
+    if manifest is None:
+        return _status_without_manifest(folder, files)
+    if dict(files) != manifest.files or not manifest.has_pti:
+        return CacheStatus.PARTIAL
+    if fingerprint is not None and manifest.fingerprint != fingerprint:
+        return CacheStatus.STALE
+    return CacheStatus.WARM if manifest.has_fit else CacheStatus.PTI_ONLY
+
+
+def _status_without_manifest(folder: Path, files: Mapping[str, int]) -> CacheStatus:
+    if (folder / META_DIR / "manifest.json").exists():  # unreadable: ours, but damaged
+        return CacheStatus.PARTIAL
+    if not files:
+        return CacheStatus.COLD
+    complete = set(files) == set(CACHE_FILES)
+    if complete and all(is_complete_zip(folder / name) for name in CACHE_FILES):
+        return CacheStatus.LEGACY
+    return CacheStatus.PARTIAL
 
 
 def timestamp() -> datetime:
@@ -150,24 +206,80 @@ def is_complete_zip(path: Path) -> bool:
 
 def byproducts(folder: Path) -> list[Path]:
     """The PNGs the NeRF script left in ``folder`` on every run (``characters.BYPRODUCTS``)."""
-    if not folder.is_dir():
+    try:
+        with os.scandir(folder) as entries:
+            found = [folder / e.name for e in entries if is_byproduct(e.name) and e.is_file()]
+    except OSError:
         return []
-    return sorted(path for path in folder.iterdir() if is_byproduct(path.name) and path.is_file())
+    return sorted(found)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inventory:
+    """What nerfcache keeps in a character's folder, from one look at it (``inventory``)."""
+
+    files: dict[str, int]
+    """The cache files (regular files, links followed): name -> size in bytes."""
+    total_bytes: int
+    """The cache files, byproducts and everything in ``.nerfcache``, hard links counted once:
+    what ``clear`` frees, and the set-aside generations with it."""
+    meta: frozenset[str]
+    """The names in ``.nerfcache`` (empty if there is none)."""
+
+
+def inventory(folder: Path) -> Inventory:
+    """Take stock of ``folder``: a listing of it and of ``.nerfcache``, a stat per file found.
+
+    Links are not followed, but to size a cache file (a link in place of one makes a partial
+    cache, which is sized like the file it leads to).
+    """
+    files: dict[str, int] = {}
+    sizes: dict[tuple[int, int], int] = {}  # (device, inode) -> size: a file counted once
+    meta: frozenset[str] = frozenset()
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if name in CACHE_FILES:
+                    if entry.is_file():
+                        files[name] = entry.stat().st_size
+                    _count(entry, sizes)
+                elif name == META_DIR and entry.is_symlink():
+                    # Someone else's folder: its names, not its bytes.
+                    meta = frozenset(p.name for p in Path(entry.path).iterdir())
+                elif name == META_DIR and entry.is_dir():
+                    meta = frozenset(_count_tree(entry.path, sizes))
+                elif is_byproduct(name) and entry.is_file():
+                    _count(entry, sizes)
+    except OSError:  # gone meanwhile, or not a folder
+        pass
+    return Inventory(files, sum(sizes.values()), meta)
+
+
+def _count(entry: os.DirEntry[str], sizes: dict[tuple[int, int], int]) -> None:
+    try:
+        found = entry.stat(follow_symlinks=False)
+    except OSError:
+        return
+    sizes[found.st_dev, found.st_ino] = found.st_size
+
+
+def _count_tree(folder: str, sizes: dict[tuple[int, int], int]) -> list[str]:
+    """Count every file below ``folder`` (links not followed) in ``sizes``; return its names."""
+    names = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                names.append(entry.name)
+                if entry.is_dir(follow_symlinks=False):
+                    _count_tree(entry.path, sizes)
+                elif not entry.is_dir():  # a link to a folder is neither followed nor counted
+                    _count(entry, sizes)
+    except OSError:
+        pass
+    return names
 
 
 def footprint(folder: Path) -> int:
     """Bytes of everything nerfcache keeps in a character's folder, hard links counted once."""
-    paths = [folder / name for name in CACHE_FILES] + byproducts(folder)
-    for parent, _dirs, names in os.walk(folder / META_DIR):
-        paths += [Path(parent, name) for name in names]
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for path in paths:
-        try:
-            stat = path.lstat()
-        except OSError:
-            continue
-        if (stat.st_dev, stat.st_ino) not in seen:
-            seen.add((stat.st_dev, stat.st_ino))
-            total += stat.st_size
-    return total
+    return inventory(folder).total_bytes

@@ -7,13 +7,15 @@ what writes a cache (``store``).
 from __future__ import annotations
 
 import dataclasses
+import os
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
-from nerfcache.cache.digests import Digests, digest_memo
 from nerfcache.cache.inspection import CacheInfo, describe
 from nerfcache.cache.layout import timestamp
 from nerfcache.cache.store import CharacterCache
-from nerfcache.config import Settings
+from nerfcache.characters import validate_character
+from nerfcache.config import Settings, get_settings
 from nerfcache.errors import CacheBusyError, InvalidInputError
 
 __all__ = ["Pruning", "list_caches", "prune"]
@@ -33,33 +35,51 @@ class Pruning:
     dry_run: bool
 
 
-def list_caches(settings: Settings) -> list[CacheInfo]:
+def list_caches(*, settings: Settings | None = None) -> list[CacheInfo]:
     """Describe every character folder under ``cache_root``, sorted by name.
 
-    Stat calls and small reads (manifests, the hash memo): no cache file is read, so 1,000
+    Stat calls and small reads (manifests, the hash memo): no cache file is read, so 10,000
     characters take well under a second. A portrait missing from the hash memo is hashed
     (portraits are small) and remembered.
+
+    Args:
+        settings: defaults to ``get_settings()``.
+
     """
-    root = settings.cache_root
-    if not root.is_dir():
+    settings = settings or get_settings()
+    return [describe(settings, name, path) for name, path in _characters(settings.cache_root)]
+
+
+def _characters(root: Path) -> list[tuple[str, Path]]:
+    """The character folders in ``root``, sorted: (name, folder).
+
+    Not nerfcache's own ``.nerfcache``, nor any name ``CharacterCache`` refuses, nor a link that
+    leads out of ``root`` (``characters.character_dir``'s rules, with ``root`` resolved once).
+    """
+    try:
+        with os.scandir(root) as entries:
+            found = sorted((entry.name, entry) for entry in entries if entry.is_dir())
+    except OSError:
         return []
-    digests = Digests(digest_memo(settings))
-    caches = []
-    for entry in sorted(root.iterdir()):
-        if not entry.is_dir():
-            continue
+    real_root: Path | None = None
+    characters = []
+    for name, entry in found:
         try:
-            cache = CharacterCache(settings, entry.name)
+            validate_character(name)
         except InvalidInputError:
-            continue  # not a character: nerfcache's own .nerfcache, or a link out of cache_root
-        caches.append(describe(cache, digests))  # one memo read for the whole listing
-    digests.save()
-    return caches
+            continue
+        path = root / name
+        if entry.is_symlink():
+            real_root = real_root or root.resolve()
+            if not path.resolve().is_relative_to(real_root):
+                continue
+        characters.append((name, path))
+    return characters
 
 
 def prune(
-    settings: Settings,
     *,
+    settings: Settings | None = None,
     max_bytes: int | None = None,
     older_than: timedelta | None = None,
     keep: int | None = None,
@@ -71,6 +91,7 @@ def prune(
     A cache goes if it was last used longer than ``older_than`` ago, or while all caches
     together take more than ``max_bytes``; the ``keep`` most recently used always stay (given
     alone, every other cache goes). A cache in use is never touched, nor any user file.
+    ``settings`` defaults to ``get_settings()``.
 
     Raises:
         InvalidInputError: none of ``max_bytes``, ``older_than`` and ``keep`` is given, or one
@@ -89,7 +110,8 @@ def prune(
             raise InvalidInputError(f"{name} must not be negative", field=name, value=value)
     if older_than is not None and older_than < timedelta(0):
         raise InvalidInputError("older_than must not be negative", field="older_than")
-    caches = [info for info in list_caches(settings) if info.total_bytes > 0]
+    settings = settings or get_settings()
+    caches = [info for info in list_caches(settings=settings) if info.total_bytes > 0]
     plan = _choose(
         caches, max_bytes=max_bytes, older_than=older_than, keep=keep or 0, now=now or timestamp()
     )

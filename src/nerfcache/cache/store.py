@@ -22,14 +22,12 @@ from filelock import FileLock
 
 from nerfcache import _fs
 from nerfcache._locks import acquire, held
-from nerfcache.cache.digests import Digests, digest_memo
 from nerfcache.cache.folder import CacheFolder
 from nerfcache.cache.inspection import (
     CacheInfo,
     Verification,
-    check_files,
-    check_fingerprint,
     describe,
+    examine,
 )
 from nerfcache.cache.layout import (
     CACHE_FILES,
@@ -45,9 +43,12 @@ from nerfcache.cache.layout import (
 )
 from nerfcache.cache.staging import RUNS_DIR, Staging, live_runs, new_run_id, reap_dead_runs
 from nerfcache.characters import resolve_model
-from nerfcache.errors import InvalidInputError, MissingFileError
+from nerfcache.errors import CacheBusyError, InvalidInputError, MissingFileError
 
-__all__ = ["USE_RESOLUTION", "CharacterCache", "Snapshot"]
+__all__ = ["USE_RESOLUTION", "VERIFY_ROUNDS", "CharacterCache", "Snapshot"]
+
+VERIFY_ROUNDS = 5
+"""How many times ``verify(fix=True)`` examines a cache that changes while it is examined."""
 
 USE_RESOLUTION = timedelta(minutes=1)
 """How stale a cache's ``last_used_at`` may be: runs within it of the last one do not rewrite
@@ -118,16 +119,16 @@ class CharacterCache(CacheFolder):
         staging = self.checkout(fingerprint, image=image, network=network)
         lock: FileLock | None = None
         try:
-            if staging.status is not CacheStatus.WARM:
-                first_seen = staging.status_before
+            first_seen = staging.status_before
+            while lock is None and staging.status is not CacheStatus.WARM:
                 staging.discard()
-                lock = self._wait_for_build_lock(cancel, on_wait)
-                # Another run may have built it meanwhile: then this one runs warm.
+                # None if another run built it meanwhile: then this one runs warm.
+                lock = self._wait_for_build_lock(fingerprint, cancel, on_wait)
                 staging = self.checkout(fingerprint, image=image, network=network)
                 staging.status_before = first_seen  # what the caller found, before waiting
-                if staging.status is CacheStatus.WARM:
-                    lock.release()
-                    lock = None
+            if lock is not None and staging.status is CacheStatus.WARM:
+                lock.release()
+                lock = None
             try:
                 yield staging
             finally:
@@ -137,8 +138,16 @@ class CharacterCache(CacheFolder):
                 lock.release()
 
     def _wait_for_build_lock(
-        self, cancel: threading.Event | None, on_wait: Callable[[], None] | None
-    ) -> FileLock:
+        self,
+        fingerprint: Fingerprint,
+        cancel: threading.Event | None,
+        on_wait: Callable[[], None] | None,
+    ) -> FileLock | None:
+        """Take the build lock; None if a run built the cache for ``fingerprint`` meanwhile.
+
+        When a build ends, all its waiters find the cache warm at once, rather than each taking
+        the build lock in turn to look.
+        """
         lock = self.build_lock()
 
         def waiting() -> None:
@@ -146,8 +155,12 @@ class CharacterCache(CacheFolder):
             if on_wait is not None:
                 on_wait()
 
-        acquire(lock, what=f"the cache of {self.character!r}", cancel=cancel, on_wait=waiting)
-        return lock
+        def built() -> bool:
+            return self.status(fingerprint) is CacheStatus.WARM
+
+        what = f"the cache of {self.character!r}"
+        taken = acquire(lock, what=what, cancel=cancel, on_wait=waiting, unless=built)
+        return lock if taken else None
 
     def _prepare(
         self, fingerprint: Fingerprint, status: CacheStatus, *, image: Path, network: Path
@@ -240,10 +253,7 @@ class CharacterCache(CacheFolder):
 
     def info(self) -> CacheInfo:
         """Describe this cache as ``list_caches`` does (stat calls; no cache file is read)."""
-        digests = Digests(digest_memo(self.settings))
-        info = describe(self, digests)
-        digests.save()
-        return info
+        return describe(self.settings, self.character, self.path)
 
     def in_use(self) -> bool:
         """Whether a run holds this cache: a cold build (the build lock) or any live run."""
@@ -262,32 +272,35 @@ class CharacterCache(CacheFolder):
         Raises:
             InvalidInputError: a bad ``model_name``.
             MissingFileError: ``model_name`` is not in ``model_dir``.
+            CacheBusyError: with ``fix``, the cache changed every time it was examined.
 
         """
         network = resolve_model(self.settings, model_name) if model_name else None
         if not self.path.is_dir():
             return Verification(self.character, CacheStatus.COLD, (), None)
-        if fix:
-            self._refuse_links()
-        with self.state_lock() if fix else contextlib.nullcontext():
-            if fix:
+        if not fix:
+            return examine(self, network).verification
+        self._refuse_links()
+        for _ in range(VERIFY_ROUNDS):
+            # Read and hash with no lock held: warm runs of the character go on meanwhile. The
+            # fix, under the state lock, is made only if nothing examined changed since.
+            examined = examine(self, network)
+            with self.state_lock():
                 self._recover()
-            manifest = self.manifest()
-            files = check_files(self, manifest)
-            fit = check_fingerprint(self, manifest, network) if manifest is not None else []
-            status = self.status()
-            action: str | None = None
-            if any(f.level == "error" for f in files):
-                status = CacheStatus.PARTIAL
-                if fix:
+                if not examined.current():
+                    continue
+                found = examined.verification
+                if found.ok:
+                    return found
+                if found.status is CacheStatus.PARTIAL:
                     self._quarantine("verify")
-                    action = "quarantined"
-            elif any(f.level == "error" for f in fit):
-                status = CacheStatus.STALE
-                if fix:
-                    self._set_aside()
-                    action = "set aside"
-        return Verification(self.character, status, (*files, *fit), action)
+                    return dataclasses.replace(found, action="quarantined")
+                self._set_aside()
+                return dataclasses.replace(found, action="set aside")
+        raise CacheBusyError(
+            f"the cache of {self.character!r} kept changing while it was verified; try again",
+            character=self.character,
+        )
 
     def clear(self) -> int:
         """Delete this character's cache; return the bytes freed.
