@@ -324,6 +324,7 @@ def test_start_record_describes_the_launch(layout: Layout) -> None:
     assert start["cuda_visible_devices"] == "1"
     assert start["cache_dir"] == str(layout.root / "c")
     assert start["child_pid"] is None
+    assert start["daemon_pid"] is None
     assert {"PTI", "StyleNeRF", "pretrained_networks", "frames"} <= set(start["cwd_entries"])
     assert "--trunc=0.7" in start["argv"]
     assert layout.events("exit")[0]["video"] is True
@@ -765,6 +766,29 @@ def test_overwrite_inputs_saves_over_the_given_files_in_place(layout: Layout) ->
         assert path.read_bytes() != data
     assert alias.read_bytes() == image.read_bytes()
     assert [e["option"] for e in layout.events("overwrote")] == ["--test_img", "--test_data"]
+
+
+def test_spawned_daemon_leaves_the_session_and_outlives_the_script(layout: Layout) -> None:
+    env = layout.env(FAKE_NERF_SPAWN_DAEMON="1")
+    subprocess.run(
+        layout.command(layout.args(layout.root / "out")),
+        cwd=layout.code,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+        timeout=30,
+    )
+    daemon_pid = layout.events("start")[0]["daemon_pid"]
+    assert isinstance(daemon_pid, int)
+    try:
+        # Out of the script's session and process group (a group kill misses it), and alive.
+        assert os.getsid(daemon_pid) != os.getsid(0)
+        assert os.getpgid(daemon_pid) != os.getpgrp()
+        environ = Path(f"/proc/{daemon_pid}/environ").read_bytes().split(b"\0")
+        assert f"FAKE_NERF_LOG={env['FAKE_NERF_LOG']}".encode() in environ  # it keeps the env
+    finally:
+        os.kill(daemon_pid, signal.SIGKILL)
 
 
 def test_ffmpeg_mode_makes_a_real_mp4(layout: Layout) -> None:

@@ -873,6 +873,7 @@ def _run(job: Job, args: list[str]) -> int:
     child_pid = None
     if os.environ.get("FAKE_NERF_SPAWN_CHILD") == "1":  # a grandchild the launcher must kill too
         child_pid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]).pid
+    daemon_pid = _spawn_daemon() if os.environ.get("FAKE_NERF_SPAWN_DAEMON") == "1" else None
     _log(
         "start",
         argv=args,
@@ -885,6 +886,7 @@ def _run(job: Job, args: list[str]) -> int:
         cache_dir=os.path.abspath(job.cache_dir),
         outdir=os.path.abspath(job.outdir),
         child_pid=child_pid,
+        daemon_pid=daemon_pid,
     )
     _makedirs(job.outdir)
     _announce_cache_dir(job)
@@ -913,6 +915,37 @@ def _run(job: Job, args: list[str]) -> int:
     frames_dir = _render(job)
     _final_video(job, frames_dir)
     return 0
+
+
+def _spawn_daemon() -> int:
+    """Start a daemon the classic way; return its pid once it runs.
+
+    Fork, ``setsid`` (a session and process group of its own: a kill of the script's group
+    misses it), fork again and leave, so it is nobody's child and never a session leader; its
+    standard streams go to /dev/null, so it holds none of the launcher's pipes. It keeps the
+    environment, as a daemon a real script starts would.
+    """
+    read, write = os.pipe()
+    first = os.fork()
+    if first == 0:  # the intermediate child
+        try:
+            os.close(read)
+            os.setsid()
+            daemon = os.fork()
+            if daemon == 0:
+                os.close(write)
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                sleep = [sys.executable, "-c", "import time; time.sleep(600)"]
+                os.execv(sys.executable, sleep)  # noqa: S606 - a fixed command, no shell needed
+            os.write(write, str(daemon).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(first, 0)
+    with os.fdopen(read, "rb") as pipe:
+        return int(pipe.read())
 
 
 def _video_ok(outdir: str) -> bool:
