@@ -30,7 +30,8 @@ from typing import Any
 
 from loguru import logger
 
-from nerfcache.launch import LaunchPlan
+from nerfcache._procs import kill_leftovers
+from nerfcache.launch import RUN_VARIABLE, LaunchPlan
 
 __all__ = ["LineClassifier", "LineSplitter", "RunOutcome", "run_plan"]
 
@@ -156,7 +157,9 @@ def run_plan(
 
     On timeout (or when ``cancel`` is set) the child's whole process group is terminated
     (SIGTERM, then SIGKILL after a grace period). Processes the script leaves behind in its
-    group are killed when it exits, and so is the group if anything here raises.
+    group are killed when it exits, and so is the group if anything here raises. So are those
+    that left the group (a daemon in a session of its own), found by the run id the plan puts
+    in their environment (``RUN_VARIABLE``, ``_procs.kill_leftovers``).
     """
     return _Run(plan, timeout, cancel, on_line, log).wait()
 
@@ -172,6 +175,8 @@ class _Run:
         on_line: Callable[[str], None] | None,
         log: Any,
     ) -> None:
+        self.plan = plan
+        self.swept: set[int] = set()  # the run's processes killed by their mark
         self.started = time.perf_counter()
         self.deadline = None if timeout is None else self.started + timeout
         self.cancel = cancel
@@ -206,6 +211,13 @@ class _Run:
             if not _exited(proc):  # an error or an interrupt: never leave the run unwatched
                 _terminate_group(proc)
             _kill_group(proc.pid, signal.SIGKILL)  # leftovers, while the group id is ours
+            self._kill_escaped()
+            if self.swept:
+                self.log.info(
+                    "killed {} leftover process(es) of the run, found by its {} mark",
+                    len(self.swept),
+                    RUN_VARIABLE,
+                )
             returncode = proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
@@ -232,8 +244,9 @@ class _Run:
                     self._check_stop()
                     if _exited(self.proc):
                         exited_at = time.perf_counter()
-                        # The script is gone; what it left in its group would hold the pipe.
+                        # The script is gone; what it left would hold the pipe.
                         _kill_group(self.proc.pid, signal.SIGKILL)
+                        self._kill_escaped()
                 elif time.perf_counter() - exited_at > DRAIN_S:
                     return  # something outside the group still holds the pipe: stop reading
                 # Wake up now and then to notice an exit, a timeout or a cancel when silent.
@@ -242,6 +255,14 @@ class _Run:
                     self._emit(splitter.feed(data) if data else splitter.close())
                     if not data:
                         selector.unregister(key.fileobj)
+
+    def _kill_escaped(self) -> None:
+        """SIGKILL the run's processes, also those that left its group (a double-forked daemon).
+
+        Run after the group was killed: what is found then either escaped it or is still dying.
+        """
+        if run_id := self.plan.env.get(RUN_VARIABLE):
+            self.swept |= kill_leftovers(run_id)
 
     def _check_stop(self) -> None:
         """Terminate the group once the deadline passes or the cancel event is set."""

@@ -304,10 +304,15 @@ def test_launcher_killed_while_the_script_runs_leaves_no_orphan(nerf_project, tm
             os.kill(script, signal.SIGKILL)
 
 
-def test_launcher_killed_while_the_script_runs_leaves_no_grandchild(nerf_project, tmp_path) -> None:
-    """What the script started (ffmpeg, data loader workers) must not outlive the launcher."""
-    script = start_and_kill_the_launcher(nerf_project, tmp_path, FAKE_NERF_SPAWN_CHILD="1")
-    child = nerf_project.calls()[-1].start["child_pid"]
+@pytest.mark.parametrize("kind", ["child", "daemon"])
+def test_launcher_killed_while_the_script_runs_leaves_no_grandchild(
+    nerf_project, tmp_path, kind
+) -> None:
+    """What the script started (ffmpeg, data loader workers, a daemon in a session of its own)
+    must not outlive the launcher."""
+    knob = f"FAKE_NERF_SPAWN_{kind.upper()}"
+    script = start_and_kill_the_launcher(nerf_project, tmp_path, **{knob: "1"})
+    child = nerf_project.calls()[-1].start[f"{kind}_pid"]
     assert isinstance(child, int)
     try:
         generate(nerf_project, "out2")  # the next check-out of the character, at the latest
