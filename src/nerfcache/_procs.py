@@ -1,5 +1,7 @@
-"""Processes through ``/proc``: the sweep that kills a run's processes by their mark.
+"""Processes through ``/proc``: who this host is, whether a process still lives, and the sweep.
 
+A run's owner is named by this host's id, the process id and the process's start time, so that a
+pid reused by another program, or a pid read on another host, is never taken for the owner.
 Every process of a run carries ``NERFCACHE_RUN=<run id>`` in its environment (``launch``):
 ``kill_leftovers`` finds them by it, whatever session or process group they moved to.
 """
@@ -9,15 +11,87 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 from pathlib import Path
 
 from nerfcache.launch import RUN_VARIABLE
 
-__all__ = ["kill_leftovers"]
+__all__ = ["host_id", "kill_leftovers", "process_alive", "process_start"]
 
 _PROC = Path("/proc")
 SWEEP_PASSES = 20
 """At most this many passes of ``kill_leftovers``: each catches what forked during the last."""
+
+
+def host_id() -> str:
+    """Name the host as its processes see it now: hostname, machine id, boot and pid namespace.
+
+    A process id means something only inside one pid namespace of one boot of one host: two
+    hosts (or two containers with pid namespaces of their own, or a host before and after a
+    reboot) get different ids, even cloned machines that share a hostname and a machine id.
+    Read each time, not remembered: a process moved to another UTS namespace is another host.
+    """
+    return "/".join(
+        [
+            socket.gethostname(),
+            _read("/etc/machine-id") or _read("/var/lib/dbus/machine-id"),
+            _read("/proc/sys/kernel/random/boot_id"),
+            _readlink("/proc/self/ns/pid"),
+        ]
+    )
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _readlink(path: str) -> str:
+    try:
+        return str(Path(path).readlink())
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks after boot (``/proc/<pid>/stat``), or None.
+
+    None also where there is no ``/proc`` (not Linux) or it hides the process (``hidepid``).
+    """
+    fields = _stat(pid)
+    return None if fields is None else int(fields[19])  # field 22; fields[0] is field 3
+
+
+def process_alive(pid: int, start: int | None) -> bool:
+    """Whether process ``pid`` of this host lives and is the one that started at ``start``.
+
+    A zombie is not alive. Where its start time cannot be read (not Linux, or another user's
+    process behind ``hidepid``), a process that exists counts as the one meant.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, as another user's process
+    fields = _stat(pid)
+    if fields is None:
+        return True
+    if fields[0] in ("Z", "X"):  # exited, not yet reaped by its parent
+        return False
+    return start is None or int(fields[19]) == start
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` from the third (the state) on; None if unreadable."""
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or ")": split after it.
+    return stat.rsplit(")", 1)[1].split()
 
 
 def kill_leftovers(run_id: str) -> frozenset[int]:

@@ -43,7 +43,7 @@ def test_dead_runs_are_reaped_live_ones_kept(cache: CharacterCache) -> None:
     try:
         with cache.stage(FP, image=Path("i"), network=Path("n")) as staging:
             assert sorted(p.name for p in runs.iterdir()) == sorted(
-                ["live", "live.lock", staging.run_id, f"{staging.run_id}.lock"]
+                ["live", "live.lock", *(staging.run_id + s for s in ("", ".lock", ".owner"))]
             )
     finally:
         live.release()

@@ -1,7 +1,8 @@
 """A run's private staging dir in ``.nerfcache/runs``: seeded, written by the script, published.
 
-Each run holds ``runs/<run id>.lock`` for its life, so a free lock means the run is gone: the
-next check-out reaps what it left (its staging dir, and what it left running).
+Each run holds ``runs/<run id>.lock`` for its life and keeps an owner record with a lease,
+``runs/<run id>.owner`` (``liveness``): the next check-out reaps what a provably dead run left
+(its staging dir, and on its own host what it left running), never a live run's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ from nerfcache import _fs
 from nerfcache._locks import held, try_acquire
 from nerfcache._procs import kill_leftovers
 from nerfcache.cache.layout import CacheStatus, Fingerprint, is_complete_zip
+from nerfcache.cache.liveness import (
+    OWNER_SUFFIX,
+    Owner,
+    lease_age,
+    leases,
+    provably_dead,
+    read_owner,
+    write_owner,
+)
 
 if TYPE_CHECKING:
     from nerfcache.cache.store import CharacterCache
@@ -28,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["RUNS_DIR", "Staging", "live_runs", "new_run_id", "reap_dead_runs"]
 
 RUNS_DIR = "runs"
-"""In ``.nerfcache``: a staging dir and a lock file per run."""
+"""In ``.nerfcache``: a staging dir, a lock file and an owner record per run."""
 _WRITABLE = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 
 
@@ -64,11 +74,22 @@ class Staging:
         self.status = status
         self.path = cache.meta / RUNS_DIR / run_id
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Held for the run's life: a free lock tells reap_dead_runs that the run is gone.
+        # First, and removed last: whatever else of the run exists, so does who owns it. Its
+        # lease is renewed while the run lives, for other hosts to see (liveness).
+        self._owner = self.path.with_suffix(OWNER_SUFFIX)
+        write_owner(self._owner, Owner.this_process())
+        leases.hold(self._owner)
+        # Held for the run's life: where flock works, a held lock says the run lives.
         self._lock = FileLock(self.path.with_suffix(".lock"))
-        # Nobody else takes a new run's lock, but a listing may probe it for an instant.
-        self._lock.acquire(timeout=5)
-        self.path.mkdir()
+        try:
+            # Nobody else takes a new run's lock, but a listing may probe it for an instant.
+            self._lock.acquire(timeout=5)
+            self.path.mkdir()
+        except BaseException:
+            if self._lock.is_locked:
+                self._lock.release()
+            self._end_ownership()
+            raise
         self._seeded: dict[str, tuple[int, int, int]] = {}
         self._sources: dict[str, tuple[int, int, int]] = {}
 
@@ -131,36 +152,80 @@ class Staging:
         return self.changed(name) and is_complete_zip(self.path / name)
 
     def discard(self) -> None:
-        """Remove the staging dir (the published cache is untouched) and end the run's lock."""
+        """Remove the staging dir (the published cache is untouched), its lock and owner record."""
         shutil.rmtree(self.path, ignore_errors=True)
         self._lock.release()
         self.path.with_suffix(".lock").unlink(missing_ok=True)
+        self._end_ownership()
+
+    def _end_ownership(self) -> None:
+        leases.drop(self._owner)
+        self._owner.unlink(missing_ok=True)
 
 
 def live_runs(runs: Path, *, exclude: str | None = None) -> int:
-    """How many runs in ``runs`` are live (hold their lock), but the run ``exclude``."""
+    """How many runs in ``runs`` are live (not provably dead), but the run ``exclude``."""
     if not runs.is_dir():
         return 0
-    return sum(1 for lock in runs.glob("*.lock") if lock.stem != exclude and held(lock))
+    here = Owner.this_process()
+    return sum(
+        1
+        for run_id in _run_ids(runs)
+        if run_id != exclude
+        and (held(runs / f"{run_id}.lock") or not _dead(runs / f"{run_id}{OWNER_SUFFIX}", here))
+    )
 
 
 def reap_dead_runs(runs: Path) -> None:
-    """Remove staging dirs whose run is gone (its lock is free): a launcher crashed.
+    """Remove what runs that are provably dead left in ``runs``: a launcher crashed.
 
-    What such a run left running is killed first (``kill_leftovers``).
+    A run is dead when its lock is free and its owner record says so (``liveness``): where
+    flock does not exclude, a free lock alone proves nothing. What a dead run of this host left
+    running is killed first (``kill_leftovers``); another host's processes are not ours to see.
     """
     if not runs.is_dir():
         return
-    for lock_path in runs.glob("*.lock"):
+    here = Owner.this_process()
+    for run_id in _run_ids(runs):
+        lock_path = runs / f"{run_id}.lock"
         lock = FileLock(lock_path)
         if not try_acquire(lock):
             continue  # a live run
-        kill_leftovers(lock_path.stem)
+        owner_path = runs / f"{run_id}{OWNER_SUFFIX}"
         try:
-            shutil.rmtree(lock_path.with_suffix(""), ignore_errors=True)
+            if not _dead(owner_path, here):
+                continue
+            owner = read_owner(owner_path)
+            if owner is None or owner.host == here.host:  # its processes are visible here
+                kill_leftovers(run_id)
+            shutil.rmtree(runs / run_id, ignore_errors=True)
             lock_path.unlink(missing_ok=True)
+            owner_path.unlink(missing_ok=True)
         finally:
             lock.release()
-    for stray in runs.iterdir():
-        if stray.is_dir() and not stray.with_suffix(".lock").exists():
-            shutil.rmtree(stray, ignore_errors=True)
+
+
+def _run_ids(runs: Path) -> set[str]:
+    """The runs in ``runs``: each has a staging dir, a lock, an owner record, or some of them."""
+    ids = set()
+    for entry in runs.iterdir():
+        name = entry.name
+        if name.startswith("."):
+            continue  # an owner record being written (_fs.atomic_write)
+        stem, dot, suffix = name.rpartition(".")
+        if dot and f".{suffix}" in (".lock", OWNER_SUFFIX):
+            ids.add(stem)
+        elif entry.is_dir():
+            ids.add(name)
+    return ids
+
+
+def _dead(owner_path: Path, here: Owner) -> bool:
+    """Whether the run with the owner record ``owner_path``, whose lock is free, is dead.
+
+    Without an owner record it is an older nerfcache's run (or one whose discard is ending):
+    its free lock decides, as it did then.
+    """
+    owner = read_owner(owner_path)
+    age = lease_age(owner_path)
+    return owner is None or age is None or provably_dead(owner, age, here)
