@@ -20,6 +20,7 @@ from nerfcache import (
     InvalidInputError,
     MissingFileError,
     generate_video,
+    list_caches,
 )
 from nerfcache.archive import export_cache, import_cache
 from nerfcache.cache import CACHE_FILES, PTI_FILES
@@ -306,6 +307,16 @@ def test_export_of_a_cold_cache(target: FakeProject, tmp_path: Path) -> None:
     with pytest.raises(MissingFileError, match="nothing is cached"):
         export_cache("ayanami", tmp_path / "a.tar", settings=target.settings)
     assert not (tmp_path / "a.tar").exists()
+
+
+def test_export_of_a_missing_character_creates_nothing(target: FakeProject, tmp_path: Path) -> None:
+    before = sorted(target.settings.cache_root.iterdir())
+    with pytest.raises(MissingFileError, match="nothing is cached for 'ayanamii'"):
+        export_cache("ayanamii", tmp_path / "a.tar", settings=target.settings)
+    # A typo must not become a new (cold) character in the listing.
+    assert sorted(target.settings.cache_root.iterdir()) == before
+    assert [info.character for info in list_caches(target.settings)] == ["ayanami"]
+    assert list(tmp_path.glob("*.tar*")) == []
 
 
 @pytest.mark.parametrize("files", [CACHE_FILES, ("G_PTI.pt",)], ids=["legacy", "partial"])

@@ -96,6 +96,12 @@ def export_cache(
     """
     settings = settings or get_settings()
     cache = CharacterCache(settings, character)
+    if not cache.path.is_dir():
+        # Before the snapshot, whose lock would create the folder: a typo must not leave a
+        # new, empty character behind.
+        raise MissingFileError(
+            f"nothing is cached for {character!r}: there is no {cache.path}", path=cache.path
+        )
     with cache.snapshot() as snapshot:
         digests = {name: sha256_of(file) for name, file in snapshot.files.items()}
         header = ArchiveManifest(

@@ -221,6 +221,17 @@ def test_commands_run_as_real_processes_through_a_pipe(tmp_path: Path) -> None:
     assert "Traceback" not in error.stderr
 
 
+def test_export_of_a_missing_character_creates_nothing(
+    nerf_project: FakeProject, tmp_path: Path
+) -> None:
+    archive = tmp_path / "typo.tar"
+    done = cli(nerf_project, "cache", "export", "ayanamii", str(archive))
+    assert done.exit_code == 2, done.output
+    assert "nothing is cached for 'ayanamii'" in done.stderr
+    assert not nerf_project.character_dir("ayanamii").exists()
+    assert not archive.exists()
+
+
 @pytest.mark.parametrize("existing", ["file", "dangling link"])
 def test_export_does_not_replace_a_file_unless_forced(
     nerf_project: FakeProject, tmp_path: Path, existing: str
