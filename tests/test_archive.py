@@ -315,7 +315,7 @@ def test_export_of_a_missing_character_creates_nothing(target: FakeProject, tmp_
         export_cache("ayanamii", tmp_path / "a.tar", settings=target.settings)
     # A typo must not become a new (cold) character in the listing.
     assert sorted(target.settings.cache_root.iterdir()) == before
-    assert [info.character for info in list_caches(target.settings)] == ["ayanami"]
+    assert [info.character for info in list_caches(settings=target.settings)] == ["ayanami"]
     assert list(tmp_path.glob("*.tar*")) == []
 
 
