@@ -668,11 +668,11 @@ def listing(cfg: Config) -> list[Row]:
     with project("listing") as fake:
         mix = _populate(fake, LISTED)
         before = read_io_bytes()
-        first = timed(lambda: list_caches(fake.settings))
+        first = timed(lambda: list_caches(settings=fake.settings))
         first_read = read_io_bytes() - before
-        infos = list_caches(fake.settings)
+        infos = list_caches(settings=fake.settings)
         later = Stats.of(
-            [timed(lambda: list_caches(fake.settings)) for _ in range(cfg.slow_reps + 4)]
+            [timed(lambda: list_caches(settings=fake.settings)) for _ in range(cfg.slow_reps + 4)]
         )
     found = Counter(info.status.value for info in infos)
     if found != mix:
