@@ -8,9 +8,11 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from filelock import FileLock
+from pydantic import TypeAdapter
 
 from nerfcache.cache import CACHE_FILES
 from nerfcache.cli import output
@@ -265,12 +267,11 @@ def test_listing_as_json_builds_its_converter_once_not_per_row(
     warm = nerf_project.character_dir()
     for i in range(20):
         shutil.copytree(warm, nerf_project.character_dir(f"c{i:03d}"), symlinks=True)
-    built: list[object] = []
-    real = output.TypeAdapter
+    built: list[Any] = []
 
-    def counting(kind: object) -> object:
+    def counting(kind: Any) -> TypeAdapter[Any]:
         built.append(kind)
-        return real(kind)
+        return TypeAdapter(kind)
 
     monkeypatch.setattr(output, "TypeAdapter", counting)
     result = cli(nerf_project, "cache", "list", "--json")
