@@ -7,24 +7,41 @@ that only has the memo file (the in-process memo is empty), in seconds and bytes
 child prints MEGABYTES of output, and how long it took. MODE is ``nerfcache`` (generate_video),
 ``naive`` (``subprocess.run(capture_output=True)``, as in bench/naive.py) or ``devnull`` (the
 bare child writing into /dev/null: how fast the child itself prints).
+
+``probe.py hash FILE MEMO THREADS``: THREADS first requests for FILE's hash at once, in threads;
+the wall time and the bytes this process read meanwhile. ``probe.py hash-on-cue FILE MEMO``:
+one request, started by a line on stdin (``ready`` is printed first); when it ended, and what
+it read. ``probe.py first-call FILE MEMO``: the first ``file_sha256`` of a new process, and how
+many times it opened the memo.
+
+``probe.py wait ROOT MODE``: wait for the cold build of ``rei`` that holds its build lock
+(``waiting`` is printed first); when the wait ended, and the CPU time it took. MODE is
+``kernel`` (a blocking shared ``flock``: the machine's floor), ``lock`` (``_locks.acquire``, with
+a cancel event) or ``stage`` (``CharacterCache.stage``, until the run can start, warm).
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
+import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import naive
 from measure import BareRun, call, read_io_bytes, rss_kib
 
-from nerfcache import Settings
-from nerfcache.cache import Fingerprint
+from nerfcache import CharacterCache, Settings
+from nerfcache.cache import CacheStatus, Fingerprint, file_sha256
 from nerfcache.testing import FakeProject
+
+FP = Fingerprint(image_sha256="i" * 64, network_sha256="n" * 64, trunc=0.7)
 
 
 def fingerprint(image: Path, network: Path, memo: Path) -> dict[str, float]:
@@ -86,6 +103,84 @@ def naive_run(fake: FakeProject, settings: Settings, out: Path) -> None:
         raise RuntimeError("the naive launcher made no video")
 
 
+def hash_at_once(path: Path, memo: Path, threads: int) -> dict[str, float]:
+    """``threads`` first requests for ``path``'s hash at once."""
+    start = threading.Barrier(threads)
+
+    def request(_: int) -> str:
+        start.wait()
+        return file_sha256(path, memo=memo)
+
+    before = read_io_bytes()
+    began = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(request, range(threads)))
+    return {"seconds": time.perf_counter() - began, "bytes_read": read_io_bytes() - before}
+
+
+def hash_on_cue(path: Path, memo: Path) -> dict[str, float]:
+    """One request for ``path``'s hash, started by a line on stdin."""
+    print("ready", flush=True)
+    sys.stdin.readline()
+    before = read_io_bytes()
+    file_sha256(path, memo=memo)
+    return {"end": time.time(), "bytes_read": read_io_bytes() - before}
+
+
+def first_call(path: Path, memo: Path) -> dict[str, float]:
+    """The first ``file_sha256`` of this process: its time, and how often it opened the memo."""
+    opened: list[str] = []
+
+    def watch(event: str, args: tuple[object, ...]) -> None:
+        if event == "open" and isinstance(args[0], (str, os.PathLike)):
+            opened.append(os.fspath(args[0]))
+
+    sys.addaudithook(watch)
+    start = time.perf_counter()
+    file_sha256(path, memo=memo)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "memo_opens": opened.count(str(memo))}
+
+
+def wait(root: Path, mode: str) -> dict[str, float]:
+    """Wait for the cold build of ``rei`` under ``root`` to end (see the module).
+
+    Returns when the wait ended, and the CPU it took while it waited, as a share of one core.
+    """
+    cache = CharacterCache(Settings(project_root=root), "rei")
+    began: list[float] = []
+
+    def waiting() -> None:
+        began.extend((time.process_time(), time.perf_counter()))
+        print("waiting", flush=True)
+
+    if mode == "kernel":
+        with (cache.meta / "build.lock").open("rb") as file:
+            waiting()
+            fcntl.flock(file.fileno(), fcntl.LOCK_SH)
+            noticed = time.time()
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)  # takes nothing from the others
+    elif mode == "lock":
+        from nerfcache._locks import acquire  # noqa: PLC0415 - its private wait, measured
+
+        if acquire(
+            cache.build_lock(),
+            what="the build",
+            cancel=threading.Event(),  # the cancellable wait: a thread waits, this one looks
+            on_wait=waiting,
+            unless=lambda: cache.status(FP) is CacheStatus.WARM,
+        ):
+            raise SystemExit("the lock wait took the lock: the build was not done")
+        noticed = time.time()
+    else:
+        with cache.stage(FP, image=Path("img"), network=Path("net"), on_wait=waiting) as staging:
+            noticed = time.time()
+            if staging.status is not CacheStatus.WARM:
+                raise SystemExit("a waiter of the build did not run warm")
+    cpu = (time.process_time() - began[0]) / (time.perf_counter() - began[1])
+    return {"noticed": noticed, "cpu": cpu}
+
+
 def _reset_peak() -> bool:
     """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs)."""
     try:
@@ -104,6 +199,14 @@ def main(argv: list[str]) -> int:
     elif kind == "stream":
         root, extra, mode, megabytes = args
         result = stream(Path(root), json.loads(extra), mode, float(megabytes))
+    elif kind == "hash":
+        result = hash_at_once(Path(args[0]), Path(args[1]), int(args[2]))
+    elif kind == "hash-on-cue":
+        result = hash_on_cue(Path(args[0]), Path(args[1]))
+    elif kind == "first-call":
+        result = first_call(Path(args[0]), Path(args[1]))
+    elif kind == "wait":
+        result = wait(Path(args[0]), args[1])
     else:
         raise SystemExit(f"unknown probe {kind!r}")
     print(json.dumps(result))
