@@ -730,8 +730,8 @@ def test_spam_floods_both_streams(layout: Layout) -> None:
     assert sum(1 for line in lines if len(line) < 100) > 1000
 
 
-def test_spawned_child_shares_the_process_group(layout: Layout) -> None:
-    env = layout.env(FAKE_NERF_SPAWN_CHILD="1")
+def _started_quietly(layout: Layout, env: dict[str, str]) -> dict[str, object]:
+    """Run the fake to its end with its output discarded; its start record."""
     subprocess.run(
         layout.command(layout.args(layout.root / "out")),
         cwd=layout.code,
@@ -741,7 +741,12 @@ def test_spawned_child_shares_the_process_group(layout: Layout) -> None:
         check=True,
         timeout=30,
     )
-    child_pid = layout.events("start")[0]["child_pid"]
+    start: dict[str, object] = layout.events("start")[0]
+    return start
+
+
+def test_spawned_child_shares_the_process_group(layout: Layout) -> None:
+    child_pid = _started_quietly(layout, layout.env(FAKE_NERF_SPAWN_CHILD="1"))["child_pid"]
     assert isinstance(child_pid, int)
     try:
         assert os.getpgid(child_pid) == os.getpgrp()
@@ -770,16 +775,7 @@ def test_overwrite_inputs_saves_over_the_given_files_in_place(layout: Layout) ->
 
 def test_spawned_daemon_leaves_the_session_and_outlives_the_script(layout: Layout) -> None:
     env = layout.env(FAKE_NERF_SPAWN_DAEMON="1")
-    subprocess.run(
-        layout.command(layout.args(layout.root / "out")),
-        cwd=layout.code,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        check=True,
-        timeout=30,
-    )
-    daemon_pid = layout.events("start")[0]["daemon_pid"]
+    daemon_pid = _started_quietly(layout, env)["daemon_pid"]
     assert isinstance(daemon_pid, int)
     try:
         # Out of the script's session and process group (a group kill misses it), and alive.
